@@ -1,0 +1,36 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit integration lint bench kafka-jars clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+kafka-jars: $(STAMP)
+	$(BIN)/hitl-router kafka fetch
+
+demo: $(STAMP)
+	$(BIN)/hitl-router demo $(DEMO_ARGS)
+
+test: $(STAMP) kafka-jars
+	$(BIN)/ruff check hitl_router tests
+	$(BIN)/ruff format --check hitl_router tests
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: $(STAMP) kafka-jars
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

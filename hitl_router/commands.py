@@ -1,0 +1,90 @@
+"""Sub-commands of ``hitl-router``: each registers its parser and a handler."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+import yaml
+
+from hitl_router.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from hitl_router.demo import add_parser as add_demo
+    from hitl_router.localkafka.broker import add_parser as add_kafka
+    from hitl_router.simulate import add_parser as add_simulate
+
+    p = sub.add_parser("worker", help="run the Faust worker (all agents, or --agents)")
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    p.add_argument(
+        "--agents",
+        default="all",
+        help="comma-separated agents to run: router,sampler (default: all)",
+    )
+    p.add_argument("--loglevel", default="info")
+    p.add_argument(
+        "--metrics-port", type=int, help="port of /metrics (default: metrics.port of the config)"
+    )
+    p.set_defaults(handler=_worker)
+
+    p = sub.add_parser("replay", help="decide a JSONL file of predictions offline")
+    p.add_argument("input", help="JSONL file of predictions, one message per line (- = stdin)")
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    p.add_argument("-o", "--output", default="-", help="decisions JSONL (default: stdout)")
+    p.add_argument("--summary", help="also write the summary JSON to this file")
+    p.set_defaults(handler=_replay)
+
+    p = sub.add_parser("check-config", help="validate a config and print the resolved rules")
+    p.add_argument("config", help="YAML config file")
+    p.set_defaults(handler=_check_config)
+
+    add_kafka(sub)
+    add_simulate(sub)
+    add_demo(sub)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from hitl_router.agents.worker import run_worker
+    from hitl_router.router.config import load_config
+
+    config = load_config(args.config)
+    agents = {a.strip() for a in args.agents.split(",") if a.strip()}
+    return run_worker(config, agents=agents, loglevel=args.loglevel, web_port=args.metrics_port)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from hitl_router.replay import read_lines, replay
+    from hitl_router.router.config import load_config
+
+    config = load_config(args.config)
+    if args.output == "-":
+        summary = replay(read_lines(args.input), config, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        print(_pretty(summary), file=sys.stderr)
+    else:
+        try:
+            out = Path(args.output).open("wb")
+        except OSError as exc:
+            raise InputError(f"cannot write {args.output}: {exc.strerror}") from exc
+        with out:
+            summary = replay(read_lines(args.input), config, out)
+        print(_pretty(summary))
+    if args.summary:
+        Path(args.summary).write_text(_pretty(summary) + "\n", encoding="utf-8")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from hitl_router.router.config import load_config
+
+    config = load_config(args.config)
+    print(yaml.safe_dump(config.describe(), sort_keys=False), end="")
+    print(f"# config OK: {len(config.queues)} queue(s), hash {config.config_hash}")
+    return 0
+
+
+def _pretty(data: object) -> str:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()

@@ -1,0 +1,31 @@
+"""The one error root of hitl-router and its few subclasses.
+
+Each subclass also inherits the builtin a caller would expect, so
+``except ValueError`` keeps working for config mistakes.
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Root of every error hitl-router raises on purpose."""
+
+
+class ConfigError(RouterError, ValueError):
+    """A configuration value is missing, unknown or ill-typed.
+
+    ``key`` is the dotted path of the offending key (``queues[1].when``).
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
+class KafkaSetupError(RouterError, RuntimeError):
+    """The local Kafka broker cannot be fetched, started or reached."""
+
+
+class InputError(RouterError, ValueError):
+    """A command-line input (file, option) cannot be used."""

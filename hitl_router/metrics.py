@@ -1,0 +1,145 @@
+"""Prometheus metrics of the SPEC, built on a registry passed in.
+
+Tests build a fresh ``CollectorRegistry()`` and read real sample values with
+``registry.get_sample_value``; the worker serves its registry on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from hitl_router.router.decision import DEADLETTER, EVAL, FATES, BatchDecisions
+from hitl_router.router.rules import fired_leaves
+
+OTHER_MODEL = "other"
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class RouterMetrics:
+    """Counters and histograms of the routing path.
+
+    ``max_models`` bounds the ``model`` label: models beyond it are counted as
+    ``other`` so a producer cannot blow up the series count.
+    """
+
+    def __init__(self, registry: CollectorRegistry, max_models: int = 100) -> None:
+        self.max_models = max_models
+        self._models: set[str] = set()
+        self.predictions = Counter(
+            "hitl_predictions",
+            "Valid predictions received, per model.",
+            ["model"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "hitl_decisions",
+            "Decisions made, per model, fate and review queue.",
+            ["model", "fate", "queue"],
+            registry=registry,
+        )
+        self.rule_fired = Counter(
+            "hitl_rule_fired",
+            "Rule results that fired, per queue and rule.",
+            ["queue", "rule"],
+            registry=registry,
+        )
+        self.deadletter = Counter(
+            "hitl_deadletter",
+            "Messages sent to the dead-letter topic, per error code.",
+            ["code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "hitl_decision_latency_seconds",
+            "Prediction time (its ts, else the Kafka timestamp) to decision.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "hitl_batch_size",
+            "Messages per decided batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=registry,
+        )
+        self.agent_errors = Counter(
+            "hitl_agent_errors",
+            "Batches whose processing raised and was retried per message.",
+            ["agent"],
+            registry=registry,
+        )
+
+    def model_label(self, model: str) -> str:
+        if model in self._models:
+            return model
+        if len(self._models) < self.max_models:
+            self._models.add(model)
+            return model
+        return OTHER_MODEL
+
+    def observe_router(self, batch: BatchDecisions, times: Sequence[float], now: float) -> None:
+        """Count a batch as the router agent sees it: every fate but ``eval``.
+
+        ``times`` holds each message's prediction time (unix seconds).
+        """
+        self.batch_size.observe(batch.n)
+        counts: dict[tuple[str, str, str], int] = {}
+        queues = batch.policy.queues
+        for i, doc in enumerate(batch.docs):
+            fate = int(batch.fate[i])
+            if doc is None:
+                continue
+            model = self.model_label(doc["model"])
+            self.predictions.labels(model).inc()
+            if fate == EVAL:
+                continue
+            q = int(batch.queue[i])
+            key = (model, FATES[fate], queues[q].name if q >= 0 else "")
+            counts[key] = counts.get(key, 0) + 1
+        for key, c in counts.items():
+            self.decisions.labels(*key).inc(c)
+        for err in batch.errors.values():
+            self.deadletter.labels(err.code).inc()
+        if batch.errors:
+            self.decisions.labels("", FATES[DEADLETTER], "").inc(len(batch.errors))
+        for q, queue in enumerate(queues):
+            rows = np.flatnonzero(batch.matched[q])
+            if rows.size == 0:
+                continue
+            fired: dict[str, int] = {}
+            for i in rows:
+                for leaf in fired_leaves(queue.when, int(i), batch.memo):
+                    fired[leaf.rule] = fired.get(leaf.rule, 0) + 1
+            for rule, c in fired.items():
+                self.rule_fired.labels(queue.name, rule).inc(c)
+        for t in times:
+            self.latency.observe(max(now - t, 0.0))
+
+    def observe_sampler(self, batch: BatchDecisions) -> None:
+        """Count the eval draws, as the sampler agent sees them."""
+        counts: dict[str, int] = {}
+        for i in batch.rows(EVAL):
+            doc = batch.docs[i]
+            assert doc is not None
+            model = self.model_label(doc["model"])
+            counts[model] = counts.get(model, 0) + 1
+        for model, c in counts.items():
+            self.decisions.labels(model, "eval", "").inc(c)

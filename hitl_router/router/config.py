@@ -1,0 +1,313 @@
+"""Configuration: YAML parsed once at the edge into frozen objects.
+
+Every section is optional and has the defaults of the SPEC; unknown keys and
+ill-typed values are refused with the dotted key and the problem.
+
+>>> cfg = parse_config({"queues": [{"name": "uncertain", "when": {"max_prob_below": 0.7}}]})
+>>> cfg.queues[0].topic, cfg.eval_sample.rate
+('review.uncertain', 0.02)
+>>> parse_config({"eval_sample": {"rate": 2}})
+Traceback (most recent call last):
+...
+hitl_router.errors.ConfigError: eval_sample.rate: must be between 0 and 1, got 2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from hitl_router.errors import ConfigError
+from hitl_router.router.rules import Node, parse_rule
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = "localhost:9092"
+    group_id: str = "hitl-router"
+    create_topics: bool = True
+    partitions: int = 6
+    replication_factor: int = 1
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    predictions: str = "predictions"
+    eval: str = "eval.samples"
+    deadletter: str = "predictions.deadletter"
+    labels: str = "review.labels"
+    accepted: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalSampleConfig:
+    rate: float = 0.02
+    salt: str = "change-me"
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    name: str
+    topic: str
+    when: Node
+    priority: int
+    raw_when: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    #: Temperature per model name (bare name or ``name@version``); 1.0 when absent.
+    temperatures: Mapping[str, float]
+
+    def temperature(self, model: str) -> float:
+        t = self.temperatures.get(model)
+        if t is None:
+            t = self.temperatures.get(model.split("@", 1)[0], 1.0)
+        return t
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_bytes: int = 1_048_576
+    max_depth: int = 32
+    max_classes: int = 10_000
+    max_members: int = 256
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    profile: str | None = None
+    window: int = 1000
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 9108
+    max_models: int = 100
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    batch_size: int = 1000
+    batch_timeout: float = 0.05
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: KafkaConfig
+    topics: TopicsConfig
+    eval_sample: EvalSampleConfig
+    queues: tuple[QueueConfig, ...]
+    calibration: CalibrationConfig
+    limits: LimitsConfig
+    drift: DriftConfig
+    metrics: MetricsConfig
+    worker: WorkerConfig
+    config_hash: str
+
+    def review_topics(self) -> list[str]:
+        return [q.topic for q in self.queues]
+
+    def output_topics(self) -> list[str]:
+        extra = [self.topics.accepted] if self.topics.accepted else []
+        return [self.topics.eval, self.topics.deadletter, *self.review_topics(), *extra]
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved configuration as plain data (what ``check-config`` prints)."""
+        out: dict[str, Any] = {}
+        for name in ("kafka", "topics", "eval_sample", "limits", "drift", "metrics", "worker"):
+            out[name] = asdict(getattr(self, name))
+        out["calibration"] = {"temperatures": dict(self.calibration.temperatures)}
+        out["queues"] = [
+            {"name": q.name, "topic": q.topic, "priority": q.priority, "when": q.raw_when}
+            for q in self.queues
+        ]
+        out["config_hash"] = self.config_hash
+        return out
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from exc
+    return parse_config({} if data is None else data)
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a config mapping (as loaded from YAML) into a frozen ``Config``."""
+    root = _mapping(data, "")
+    _known(
+        root,
+        "",
+        {
+            "kafka",
+            "topics",
+            "eval_sample",
+            "queues",
+            "calibration",
+            "limits",
+            "drift",
+            "metrics",
+            "worker",
+        },
+    )
+    kafka = _section(root, "kafka", KafkaConfig)
+    if kafka.partitions < 1 or kafka.replication_factor < 1:
+        raise ConfigError("kafka.partitions", "partitions and replication_factor must be ≥ 1")
+    topics = _section(root, "topics", TopicsConfig)
+    for name, topic in asdict(topics).items():
+        if topic is not None:
+            _check_topic(topic, f"topics.{name}")
+    sample = _section(root, "eval_sample", EvalSampleConfig)
+    if not 0.0 <= sample.rate <= 1.0:
+        raise ConfigError("eval_sample.rate", f"must be between 0 and 1, got {sample.rate:g}")
+    if not sample.salt:
+        raise ConfigError("eval_sample.salt", "must be a non-empty string")
+    limits = _section(root, "limits", LimitsConfig)
+    for name, value in asdict(limits).items():
+        if value < 1:
+            raise ConfigError(f"limits.{name}", f"must be ≥ 1, got {value}")
+    drift = _section(root, "drift", DriftConfig)
+    if drift.window < 10:
+        raise ConfigError("drift.window", f"must be ≥ 10, got {drift.window}")
+    metrics = _section(root, "metrics", MetricsConfig)
+    if not 0 <= metrics.port <= 65535:
+        raise ConfigError("metrics.port", f"must be a TCP port, got {metrics.port}")
+    worker = _section(root, "worker", WorkerConfig)
+    if worker.batch_size < 1 or worker.batch_timeout <= 0:
+        raise ConfigError("worker", "batch_size must be ≥ 1 and batch_timeout > 0")
+    cfg = Config(
+        kafka=kafka,
+        topics=topics,
+        eval_sample=sample,
+        queues=_queues(root.get("queues", []), topics),
+        calibration=_calibration(root.get("calibration", {})),
+        limits=limits,
+        drift=drift,
+        metrics=metrics,
+        worker=worker,
+        config_hash="",
+    )
+    digest = hashlib.sha256(orjson.dumps(cfg.describe(), option=orjson.OPT_SORT_KEYS))
+    return replace(cfg, config_hash=digest.hexdigest()[:12])
+
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key or "<root>", f"expected a mapping, got {type(value).__name__}")
+    for k in value:
+        if not isinstance(k, str):
+            raise ConfigError(key or "<root>", f"keys must be strings, got {k!r}")
+    return value
+
+
+def _known(mapping: Mapping[str, Any], key: str, allowed: set[str]) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        where = f"{key}.{unknown[0]}" if key else unknown[0]
+        raise ConfigError(where, f"unknown key; allowed: {', '.join(sorted(allowed))}")
+
+
+def _section(root: Mapping[str, Any], name: str, cls: type) -> Any:
+    data = _mapping(root.get(name, {}) or {}, name)
+    defaults = cls()
+    fields = asdict(defaults)
+    _known(data, name, set(fields))
+    values = {}
+    for field_name, default in fields.items():
+        key = f"{name}.{field_name}"
+        value = data.get(field_name, default)
+        values[field_name] = _coerce(value, default, key, cls.__annotations__[field_name])
+    return cls(**values)
+
+
+def _coerce(value: Any, default: Any, key: str, annotation: str) -> Any:
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(key, "must not be null")
+    if "bool" in annotation:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if "int" in annotation:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if "float" in annotation:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    return value
+
+
+def _check_topic(topic: str, key: str) -> None:
+    if not _TOPIC.match(topic) or topic in (".", ".."):
+        raise ConfigError(key, f"'{topic}' is not a legal Kafka topic name")
+
+
+def _queues(value: Any, topics: TopicsConfig) -> tuple[QueueConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("queues", "expected a list of queues")
+    out: list[QueueConfig] = []
+    seen_names: set[str] = set()
+    seen_topics = {t for t in asdict(topics).values() if t}
+    for i, item in enumerate(value):
+        key = f"queues[{i}]"
+        q = _mapping(item, key)
+        _known(q, key, {"name", "topic", "when", "priority"})
+        name = q.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(
+                f"{key}.name", f"expected a name of letters, digits, _ . -, got {name!r}"
+            )
+        if name in seen_names:
+            raise ConfigError(f"{key}.name", f"duplicate queue name '{name}'")
+        seen_names.add(name)
+        topic = q.get("topic", f"review.{name}")
+        if not isinstance(topic, str):
+            raise ConfigError(f"{key}.topic", f"expected a string, got {topic!r}")
+        _check_topic(topic, f"{key}.topic")
+        if topic in seen_topics:
+            raise ConfigError(f"{key}.topic", f"topic '{topic}' is already used")
+        seen_topics.add(topic)
+        if "when" not in q:
+            raise ConfigError(f"{key}.when", "missing: every queue needs a rule")
+        priority = q.get("priority", i)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigError(f"{key}.priority", f"expected an integer, got {priority!r}")
+        when = parse_rule(q["when"], f"{key}.when")
+        out.append(QueueConfig(name, topic, when, priority, q["when"]))
+    return tuple(out)
+
+
+def _calibration(value: Any) -> CalibrationConfig:
+    data = _mapping(value or {}, "calibration")
+    _known(data, "calibration", {"temperatures"})
+    temps = _mapping(data.get("temperatures", {}) or {}, "calibration.temperatures")
+    out: dict[str, float] = {}
+    for model, t in temps.items():
+        key = f"calibration.temperatures.{model}"
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 < t < 1e6:
+            raise ConfigError(key, f"temperature must be a number > 0, got {t!r}")
+        out[model] = float(t)
+    return CalibrationConfig(out)

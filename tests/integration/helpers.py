@@ -1,0 +1,190 @@
+"""Real-Kafka helpers for integration tests: produce, drain topics, run a worker."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import REPO, free_port
+
+
+def produce(
+    bootstrap: str, topic: str, raws: Sequence[bytes], keys: Sequence[bytes | None] | None = None
+) -> list[tuple[int, int]]:
+    """Send ``raws``; return each message's (partition, offset)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024
+    )
+    futures = [
+        producer.send(topic, value=raw, key=keys[i] if keys else None) for i, raw in enumerate(raws)
+    ]
+    producer.flush()
+    out = []
+    for f in futures:
+        md = f.get(timeout=30)
+        out.append((md.partition, md.offset))
+    producer.close()
+    return out
+
+
+def drain(
+    bootstrap: str, topics: Sequence[str], until: int, timeout: float = 120.0, idle: float = 3.0
+) -> list[Any]:
+    """Read ``topics`` from the beginning until ``until`` records arrived (then ``idle``
+    more seconds, to see duplicates or strays) or ``timeout`` passes."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    records: list[Any] = []
+    deadline = time.time() + timeout
+    reached_at = None
+    try:
+        while time.time() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+            if len(records) >= until:
+                reached_at = reached_at or time.time()
+                if time.time() - reached_at >= idle:
+                    break
+    finally:
+        consumer.close()
+    return records
+
+
+def write_config(path: Path, bootstrap: str, **overrides: Any) -> dict[str, Any]:
+    """A test config with topics and group unique to this call."""
+    tag = uuid.uuid4().hex[:8]
+    data: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"test-{tag}", "partitions": 3},
+        "topics": {
+            "predictions": f"predictions-{tag}",
+            "eval": f"eval-{tag}",
+            "deadletter": f"dlq-{tag}",
+            "labels": f"labels-{tag}",
+        },
+        "eval_sample": {"rate": 0.05, "salt": "integration"},
+        "queues": [
+            {
+                "name": "flagged",
+                "topic": f"review-flagged-{tag}",
+                "when": {"flags_any": ["pii", "user_report"]},
+            },
+            {
+                "name": "disagreement",
+                "topic": f"review-disagreement-{tag}",
+                "when": {"ensemble_kl_above": 0.05},
+            },
+            {
+                "name": "uncertain",
+                "topic": f"review-uncertain-{tag}",
+                "when": {"any": [{"max_prob_below": 0.7}, {"margin_below": 0.1}]},
+            },
+        ],
+        "metrics": {"port": free_port()},
+        "worker": {"batch_size": 500, "batch_timeout": 0.05},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return data
+
+
+def cli(
+    *args: str, input_bytes: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "hitl_router.cli", *args],
+        cwd=REPO,
+        input=input_bytes,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def running_worker(
+    config_path: Path, metrics_port: int, *extra: str, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``hitl-router worker`` subprocess, ready when its /metrics answers."""
+    log = log or config_path.with_suffix(".log")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hitl_router.cli",
+                "worker",
+                "-c",
+                str(config_path),
+                "--metrics-port",
+                str(metrics_port),
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.time() + 60
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(
+                        f"worker exited {proc.returncode}:\n"
+                        + log.read_text(errors="replace")[-3000:]
+                    )
+                try:
+                    scrape(metrics_port)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.3)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The /metrics samples as {(name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    return sum(
+        v
+        for (n, ls), v in samples.items()
+        if n == name and all(dict(ls).get(k) == want for k, want in labels.items())
+    )

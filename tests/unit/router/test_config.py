@@ -1,0 +1,140 @@
+import pytest
+
+from hitl_router.errors import ConfigError
+from hitl_router.router.config import load_config, parse_config
+
+SPEC_EXAMPLE = """
+kafka: {bootstrap_servers: "localhost:9092"}
+topics: {predictions: predictions, eval: eval.samples,
+         deadletter: predictions.deadletter, labels: review.labels}
+eval_sample: {rate: 0.02, salt: "change-me"}
+queues:
+  - name: flagged
+    topic: review.flagged
+    when: {flags_any: [pii, user_report]}
+  - name: disagreement
+    when: {ensemble_kl_above: 0.3}
+  - name: uncertain
+    when: {any: [{max_prob_below: 0.7}, {margin_below: 0.1}]}
+drift: {profile: profile.json, window: 1000}
+metrics: {port: 9108}
+"""
+
+
+def test_spec_example_loads(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(SPEC_EXAMPLE)
+    cfg = load_config(path)
+    assert [q.name for q in cfg.queues] == ["flagged", "disagreement", "uncertain"]
+    assert [q.topic for q in cfg.queues] == [
+        "review.flagged",
+        "review.disagreement",
+        "review.uncertain",
+    ]
+    assert cfg.eval_sample.rate == 0.02 and cfg.drift.window == 1000
+    assert cfg.topics.accepted is None
+    assert len(cfg.config_hash) == 12
+
+
+def test_defaults_when_empty():
+    cfg = parse_config({})
+    assert cfg.queues == () and cfg.topics.predictions == "predictions"
+    assert cfg.limits.max_message_bytes == 1_048_576
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "fragment"),
+    [
+        ({"kafak": {}}, "kafak", "unknown key"),
+        ({"kafka": {"bootstrap": "x"}}, "kafka.bootstrap", "unknown key"),
+        ({"eval_sample": {"rate": "high"}}, "eval_sample.rate", "expected a number"),
+        ({"eval_sample": {"rate": -0.1}}, "eval_sample.rate", "between 0 and 1"),
+        ({"eval_sample": {"salt": ""}}, "eval_sample.salt", "non-empty"),
+        ({"metrics": {"port": True}}, "metrics.port", "expected an integer"),
+        ({"queues": {"a": 1}}, "queues", "list"),
+        ({"queues": [{"name": "a"}]}, "queues[0].when", "missing"),
+        ({"queues": [{"when": {"max_prob_below": 1}}]}, "queues[0].name", "expected a name"),
+        (
+            {
+                "queues": [
+                    {"name": "a", "when": {"max_prob_below": 0.5}},
+                    {"name": "a", "when": {"margin_below": 0.5}},
+                ]
+            },
+            "queues[1].name",
+            "duplicate",
+        ),
+        (
+            {"queues": [{"name": "a", "when": {"confidence_below": 0.5}}]},
+            "queues[0].when.confidence_below",
+            "unknown score",
+        ),
+        (
+            {"queues": [{"name": "a", "when": {"max_prob_below": "0.5"}}]},
+            "queues[0].when.max_prob_below",
+            "must be a number",
+        ),
+        ({"queues": [{"name": "a", "when": {"any": []}}]}, "queues[0].when.any", "non-empty"),
+        (
+            {"queues": [{"name": "a", "when": {"flags_any": "pii"}}]},
+            "queues[0].when.flags_any",
+            "list",
+        ),
+        (
+            {"queues": [{"name": "a", "when": {"not": {"sometimes": 1}}}]},
+            "queues[0].when.not.sometimes",
+            "unknown rule key",
+        ),
+        (
+            {"queues": [{"name": "a", "when": {"all": [{"margin_below": 0.1}, 3]}}]},
+            "queues[0].when.all[1]",
+            "mapping",
+        ),
+        (
+            {"queues": [{"name": "a", "topic": "bad topic", "when": {"margin_below": 0.1}}]},
+            "queues[0].topic",
+            "legal Kafka topic",
+        ),
+        (
+            {"queues": [{"name": "a", "topic": "eval.samples", "when": {"margin_below": 0.1}}]},
+            "queues[0].topic",
+            "already used",
+        ),
+        (
+            {"queues": [{"name": "a", "when": {"margin_below": 0.1}, "colour": "red"}]},
+            "queues[0].colour",
+            "unknown key",
+        ),
+        ({"calibration": {"temperatures": {"m": 0}}}, "calibration.temperatures.m", "> 0"),
+    ],
+)
+def test_bad_config_names_key_and_problem(data, key, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert err.value.key == key
+    assert fragment in err.value.problem
+    assert isinstance(err.value, ValueError)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("queues: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_config_is_frozen_and_hash_tracks_content():
+    a = parse_config({"eval_sample": {"rate": 0.1}})
+    with pytest.raises(AttributeError):
+        a.eval_sample.rate = 0.5  # type: ignore[misc]
+    assert a.config_hash == parse_config({"eval_sample": {"rate": 0.1}}).config_hash
+    assert a.config_hash != parse_config({"eval_sample": {"rate": 0.2}}).config_hash
+
+
+def test_calibration_temperature_by_bare_name_or_version():
+    cfg = parse_config({"calibration": {"temperatures": {"m": 2.0, "m@3": 1.5}}})
+    assert cfg.calibration.temperature("m@3") == 1.5
+    assert cfg.calibration.temperature("m@4") == 2.0
+    assert cfg.calibration.temperature("other") == 1.0
