@@ -42,6 +42,19 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip()]
 
 
+def group_id(config: Config, agents: Sequence[str]) -> str:
+    """The consumer group (= Faust app id) of a worker running ``agents``.
+
+    Workers running every agent share ``kafka.group_id``. Agents run apart form a group
+    per agent set (``<group_id>-router``, ``<group_id>-sampler``): each set must see
+    every partition, so they cannot share one group.
+    """
+    chosen = sorted(set(agents))
+    if chosen == sorted(AGENTS):
+        return config.kafka.group_id
+    return "-".join([config.kafka.group_id, *chosen])
+
+
 def build_app(
     config: Config,
     *,
@@ -51,13 +64,14 @@ def build_app(
 ) -> faust.App:
     """A Faust app running ``agents`` for ``config``, serving ``/metrics``."""
     registry = registry if registry is not None else CollectorRegistry()
+    app_id = group_id(config, agents)
     app = faust.App(
-        config.kafka.group_id,
+        app_id,
         broker=broker_urls(config.kafka.bootstrap_servers),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
-        datadir=str(Path(tempfile.gettempdir()) / f"hitl-router-{config.kafka.group_id}"),
+        datadir=str(Path(tempfile.gettempdir()) / f"hitl-router-{app_id}"),
         web_port=config.metrics.port if web_port is None else web_port,
         web_bind="0.0.0.0",
         consumer_auto_offset_reset="earliest",

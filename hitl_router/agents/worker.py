@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from hitl_router.agents.app import AGENTS, build_app
+from hitl_router.agents.app import AGENTS, build_app, group_id
 from hitl_router.agents.topics import ensure_topics
 from hitl_router.errors import ConfigError
 from hitl_router.router.config import Config
@@ -42,7 +42,7 @@ def run_worker(
     log.info(
         "hitl-router worker: agents=%s group=%s config_hash=%s",
         sorted(chosen),
-        config.kafka.group_id,
+        group_id(config, sorted(chosen)),
         config.config_hash,
     )
     worker = faust.Worker(app, loglevel=loglevel)

@@ -127,3 +127,54 @@ def test_live_worker_agrees_with_replay(kafka_bootstrap, tmp_path):
     codes = Counter(d["error"]["code"] for d in dead.values())
     for code, n in codes.items():
         assert total(samples, "hitl_deadletter_total", code=code) == n
+
+
+def test_demo_runs_to_its_end_and_shows_routed_items(kafka_bootstrap):
+    from tests.conftest import free_port
+
+    res = cli(
+        "demo",
+        "--duration",
+        "4",
+        "--rate",
+        "250",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--metrics-port",
+        str(free_port()),
+        timeout=240,
+    )
+    out = res.stdout.decode()
+    assert res.returncode == 0, out + res.stderr.decode()
+    assert "=== hitl-router demo summary ===" in out
+    assert "published 1000, decided 1000 (each exactly one fate)" in out
+    assert "review/uncertain" in out and " e.g. demo-" in out  # a routed item with its reasons
+    assert "Stopped the local Kafka" not in out  # it used the broker that was there
+
+
+def test_router_and_sampler_agents_can_run_apart(kafka_bootstrap, tmp_path):
+    from tests.conftest import free_port
+
+    cfg_path = tmp_path / "config.yaml"
+    cfg = write_config(cfg_path, kafka_bootstrap, eval_sample={"rate": 0.2})
+    topics = cfg["topics"]
+    raws = list(Simulator(seed=11, id_prefix="apart").messages(600))
+    lines = tmp_path / "in.jsonl"
+    lines.write_bytes(b"\n".join(raws) + b"\n")
+    out = tmp_path / "decisions.jsonl"
+    assert cli("replay", str(lines), "-c", str(cfg_path), "-o", str(out)).returncode == 0
+    replayed = {r["id"]: r for r in map(orjson.loads, out.read_bytes().splitlines())}
+    expected = sum(r["fate"] != "pass" for r in replayed.values())
+    with (
+        running_worker(cfg_path, free_port(), "--agents", "router"),
+        running_worker(cfg_path, free_port(), "--agents", "sampler", log=tmp_path / "sampler.log"),
+    ):
+        produce(kafka_bootstrap, topics["predictions"], raws)
+        records = drain(
+            kafka_bootstrap, [topics["eval"], *[q["topic"] for q in cfg["queues"]]], until=expected
+        )
+    got = Counter(orjson.loads(r.value)["id"] for r in records)
+    assert all(c == 1 for c in got.values())
+    assert set(got) == {i for i, r in replayed.items() if r["fate"] != "pass"}
+    evals = {orjson.loads(r.value)["id"] for r in records if r.topic == topics["eval"]}
+    assert evals == {i for i, r in replayed.items() if r["fate"] == "eval"}
