@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from hitl_router.errors import InputError, KafkaSetupError
+from hitl_router.router.outputs import id_of
 
 if TYPE_CHECKING:
     from hitl_router.model import DigitsCommittee
@@ -331,15 +332,7 @@ class Simulator:
 
     def messages(self, count: int | None) -> Iterator[bytes]:
         """``count`` serialized messages (orjson bytes, no newlines); None = endless."""
-        dumps, now = orjson.dumps, time.time
-        for start, records, kinds in self._batches(count):
-            for k, rec in enumerate(records):
-                kind = kinds[k]
-                if kind < 0:
-                    rec["ts"] = now()
-                    yield dumps(rec, option=_NUMPY)
-                else:
-                    yield self._malformed(MALFORMED_KINDS[kind], start + k, rec)
+        return (msg for _kind, msg in self.tagged_messages(count))
 
     def records(self, count: int | None) -> Iterator[dict[str, Any]]:
         """The valid predictions among the first ``count`` positions, as dicts.
@@ -391,15 +384,8 @@ def message_key(msg: bytes) -> bytes | None:
             return msg[7:end]
         if end == 7:
             return None
-    try:
-        obj = orjson.loads(msg)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(obj, dict):
-        value = obj.get("id")
-        if isinstance(value, str) and value:
-            return value.encode()
-    return None
+    pid = id_of(msg)
+    return pid.encode() if pid is not None else None
 
 
 def _kafka_unreachable(exc: BaseException, bootstrap: str) -> KafkaSetupError:

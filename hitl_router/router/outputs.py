@@ -38,20 +38,15 @@ def router_info(batch: BatchDecisions) -> dict[str, str]:
 
 
 def review_item(batch: BatchDecisions, i: int, now: float) -> dict[str, Any]:
-    doc = batch.docs[i]
-    assert doc is not None
     queue = batch.policy.queues[int(batch.queue[i])]
+    item = accepted_item(batch, i, now)
     return {
-        "id": doc["id"],
-        "model": doc["model"],
+        "id": item.pop("id"),
+        "model": item.pop("model"),
         "queue": queue.name,
         "priority": queue.priority,
         "reasons": batch.reasons(i),
-        "scores": batch.score_dict(i),
-        "temperature": float(batch.temperature[i]),
-        "prediction": doc,
-        "routed_at": now,
-        "router": router_info(batch),
+        **item,
     }
 
 
