@@ -6,10 +6,14 @@ Tests build a fresh ``CollectorRegistry()`` and read real sample values with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from hitl_router.router.decision import DEADLETTER, EVAL, FATES, BatchDecisions
 from hitl_router.router.rules import fired_leaves
@@ -32,6 +36,51 @@ LATENCY_BUCKETS = (
     30.0,
     60.0,
 )
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram observed a batch at a time (numpy), exposed like
+    ``prometheus_client.Histogram``: ``_bucket{le}``, ``_sum``, ``_count``.
+
+    >>> reg = CollectorRegistry()
+    >>> h = BatchHistogram("x_seconds", "x", buckets=(0.1, 1.0), registry=reg)
+    >>> h.observe_many(np.array([0.05, 0.1, 0.5, 7.0]))
+    >>> [reg.get_sample_value("x_seconds_bucket", {"le": le}) for le in ("0.1", "1.0", "+Inf")]
+    [2.0, 3.0, 4.0]
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds) or not bounds:
+            raise ValueError("buckets must be a non-empty increasing sequence")
+        self.name = name
+        self.documentation = documentation
+        self._bounds = np.array(bounds)
+        self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        values = np.maximum(np.asarray(values, dtype=np.float64), 0.0)
+        if values.size == 0:
+            return
+        idx = np.searchsorted(self._bounds, values, side="left")
+        counts = np.bincount(idx, minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts).astype(np.float64).tolist()
+            total = self._sum
+        labels = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], list(zip(labels, cumulative, strict=True)), total)
+        yield family
 
 
 class RouterMetrics:
@@ -68,7 +117,7 @@ class RouterMetrics:
             ["code"],
             registry=registry,
         )
-        self.latency = Histogram(
+        self.latency = BatchHistogram(
             "hitl_decision_latency_seconds",
             "Prediction time (its ts, else the Kafka timestamp) to decision.",
             buckets=LATENCY_BUCKETS,
@@ -102,22 +151,28 @@ class RouterMetrics:
         """
         self.batch_size.observe(batch.n)
         counts: dict[tuple[str, str, str], int] = {}
+        models: dict[str, int] = {}
         queues = batch.policy.queues
-        for i, doc in enumerate(batch.docs):
-            fate = int(batch.fate[i])
+        fates = batch.fate.tolist()
+        queue_idx = batch.queue.tolist()
+        for doc, fate, q in zip(batch.docs, fates, queue_idx, strict=True):
             if doc is None:
                 continue
-            model = self.model_label(doc["model"])
-            self.predictions.labels(model).inc()
+            model = doc["model"]
+            models[model] = models.get(model, 0) + 1
             if fate == EVAL:
                 continue
-            q = int(batch.queue[i])
             key = (model, FATES[fate], queues[q].name if q >= 0 else "")
             counts[key] = counts.get(key, 0) + 1
-        for key, c in counts.items():
-            self.decisions.labels(*key).inc(c)
+        for model, c in models.items():
+            self.predictions.labels(self.model_label(model)).inc(c)
+        for (model, fate_name, queue), c in counts.items():
+            self.decisions.labels(self.model_label(model), fate_name, queue).inc(c)
+        codes: dict[str, int] = {}
         for err in batch.errors.values():
-            self.deadletter.labels(err.code).inc()
+            codes[err.code] = codes.get(err.code, 0) + 1
+        for code, c in codes.items():
+            self.deadletter.labels(code).inc(c)
         if batch.errors:
             self.decisions.labels("", FATES[DEADLETTER], "").inc(len(batch.errors))
         for q, queue in enumerate(queues):
@@ -130,8 +185,7 @@ class RouterMetrics:
                     fired[leaf.rule] = fired.get(leaf.rule, 0) + 1
             for rule, c in fired.items():
                 self.rule_fired.labels(queue.name, rule).inc(c)
-        for t in times:
-            self.latency.observe(max(now - t, 0.0))
+        self.latency.observe_many(now - np.asarray(times, dtype=np.float64))
 
     def observe_sampler(self, batch: BatchDecisions) -> None:
         """Count the eval draws, as the sampler agent sees them."""

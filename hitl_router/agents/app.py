@@ -3,35 +3,38 @@
 - ``router``: decide → publish review items, accepted items, dead letters.
 - ``sampler``: draw the eval sample → publish eval samples.
 
-Both call :func:`hitl_router.router.decision.decide_batch`; the draw is a
-function of ``(salt, id)`` only, so the router excludes exactly what the
-sampler takes without talking to it. Work is batched with ``take_events``;
-events are acked only after their outputs are delivered (at-least-once).
+Both call the decision path of :mod:`hitl_router.router.decision`; the draw is a
+function of ``(salt, id)`` only, so the router excludes exactly what the sampler
+takes without talking to it. Messages reach the agents a fetch at a time through
+:class:`~hitl_router.agents.batching.BatchingConsumer`; they are acked only after
+every agent finished and every output was delivered (at-least-once).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 from prometheus_client import CollectorRegistry
 
+from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import Config
 from hitl_router.router.decision import (
     BatchDecisions,
     Policy,
     decide_batch,
+    decide_parsed,
     merge_batches,
     poisoned,
 )
 from hitl_router.router.outputs import Output, Source, eval_outputs, router_outputs
+from hitl_router.router.validation import parse_batch
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,24 @@ def group_id(config: Config, agents: Sequence[str]) -> str:
     return "-".join([config.kafka.group_id, *chosen])
 
 
+class RouterApp(faust.App):
+    """A Faust app whose consumer hands ``batch_topics`` to agents a batch at a time."""
+
+    batch_topics: dict[str, tuple[int, BatchSink]]
+
+    def _new_consumer(self) -> BatchingConsumer:
+        consumer = BatchingConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.transport.loop,
+        )
+        consumer.batch_topics = self.batch_topics
+        return consumer
+
+
 def build_app(
     config: Config,
     *,
@@ -65,7 +86,7 @@ def build_app(
     """A Faust app running ``agents`` for ``config``, serving ``/metrics``."""
     registry = registry if registry is not None else CollectorRegistry()
     app_id = group_id(config, agents)
-    app = faust.App(
+    app = RouterApp(
         app_id,
         broker=broker_urls(config.kafka.bootstrap_servers),
         value_serializer="raw",
@@ -77,7 +98,7 @@ def build_app(
         consumer_auto_offset_reset="earliest",
         topic_partitions=config.kafka.partitions,
         topic_replication_factor=config.kafka.replication_factor,
-        stream_buffer_maxsize=max(4096, 2 * config.worker.batch_size),
+        broker_max_poll_records=config.worker.batch_size,
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
         broker_commit_interval=1.0,
@@ -87,76 +108,98 @@ def build_app(
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
     metrics = RouterMetrics(registry, config.metrics.max_models)
     policy = Policy(config)
-    topic = app.topic(config.topics.predictions, value_serializer="raw", key_serializer="raw")
     app.hitl_metrics = metrics  # type: ignore[attr-defined]
     app.hitl_registry = registry  # type: ignore[attr-defined]
-    batch_size, within = config.worker.batch_size, config.worker.batch_timeout
+    # the predictions topic is registered so Faust subscribes to it and tracks its acks;
+    # its messages reach the agents through the batching consumer, not a Stream
+    app.topics.add(
+        app.topic(config.topics.predictions, value_serializer="raw", key_serializer="raw")
+    )
+    channels = []
 
-    async def publish(outputs: list[Output]) -> None:
+    def publish(outputs: list[Output]) -> Awaitable[Any]:
         producer = app.producer
-        futures = [await producer.send(o.topic, o.key, o.value, None, None, None) for o in outputs]
-        if futures:
-            await asyncio.gather(*futures)
+        return _send_all(producer, outputs)
 
     if "router" in agents:
+        router_channel = app.channel()
+        channels.append(router_channel)
 
-        async def route(events: Sequence[Any]) -> None:
-            raws, sources, times = _unpack(events)
-            now = time.time()
-            batch = _decide(policy, raws, metrics, "router", rules=True)
-            await publish(router_outputs(batch, raws, sources, now))
-            metrics.observe_router(batch, _prediction_times(batch, times), now)
-
-        @app.agent(topic, name="router")
+        @app.agent(router_channel, name="router")
         async def router_agent(stream: faust.StreamT) -> None:
-            await _consume(stream, batch_size, within, route)
+            async for batch in stream:
+                deliveries: list[Awaitable[Any]] = []
+                try:
+                    decided = _decide(batch, policy, metrics, "router", rules=True)
+                    raws, sources, times = _unpack(batch)
+                    now = time.time()
+                    deliveries = await publish(router_outputs(decided, raws, sources, now))
+                    metrics.observe_router(decided, _prediction_times(decided, times), now)
+                finally:
+                    batch.finish(deliveries)
 
     if "sampler" in agents:
+        sampler_channel = app.channel()
+        channels.append(sampler_channel)
 
-        async def sample(events: Sequence[Any]) -> None:
-            raws, _, _ = _unpack(events)
-            batch = _decide(policy, raws, metrics, "sampler", rules=False)
-            await publish(eval_outputs(batch, time.time()))
-            metrics.observe_sampler(batch)
-
-        @app.agent(topic, name="sampler")
+        @app.agent(sampler_channel, name="sampler")
         async def sampler_agent(stream: faust.StreamT) -> None:
-            await _consume(stream, batch_size, within, sample)
+            async for batch in stream:
+                deliveries: list[Awaitable[Any]] = []
+                try:
+                    decided = _decide(batch, policy, metrics, "sampler", rules=False)
+                    deliveries = await publish(eval_outputs(decided, time.time()))
+                    metrics.observe_sampler(decided)
+                finally:
+                    batch.finish(deliveries)
 
+    async def fan_out(batch: Batch) -> None:
+        for channel in channels:
+            await channel.send(value=batch)
+
+    app.batch_topics = {config.topics.predictions: (len(channels), fan_out)}
     return app
 
 
-async def _consume(
-    stream: faust.StreamT,
-    batch_size: int,
-    within: float,
-    handle: Callable[[Sequence[Any]], Awaitable[None]],
-) -> None:
-    async for events in stream.take_events(batch_size, within=within):
-        await handle(events)
+async def _send_all(producer: Any, outputs: list[Output]) -> list[Awaitable[Any]]:
+    """Hand every output to the producer; the returned futures resolve on delivery."""
+    send = producer.send
+    return [await send(o.topic, o.key, o.value, None, None, None) for o in outputs]
 
 
-def _unpack(events: Sequence[Any]) -> tuple[list[bytes], list[Source], list[float]]:
-    raws, sources, times = [], [], []
-    for e in events:
-        m = e.message
-        raws.append(m.value)
+def _unpack(batch: Batch) -> tuple[list[bytes], list[Source], list[float]]:
+    sources, times = [], []
+    for m in batch.messages:
         sources.append(Source(m.topic, m.partition, m.offset))
         times.append(m.timestamp)
-    return raws, sources, times
+    return batch.raws, sources, times
 
 
 def _decide(
-    policy: Policy, raws: list[bytes], metrics: RouterMetrics, agent: str, rules: bool
+    batch: Batch, policy: Policy, metrics: RouterMetrics, agent: str, rules: bool
 ) -> BatchDecisions:
-    """Decide a batch; if that raises (a bug, not bad input), retry message by message so
-    one poisoned message cannot stop the worker: it is dead-lettered as ``internal_error``."""
+    """Decide a batch, sharing the work between agents: the router's full decision also
+    serves the sampler (the eval draw does not depend on rules).
+
+    If deciding raises (a bug, not bad input), the batch is retried message by message
+    so one poisoned message cannot stop the worker: it is dead-lettered as
+    ``internal_error``."""
+    cache = batch.cache
+    decided = cache.get("decided") or (None if rules else cache.get("decided_norules"))
+    if decided is not None:
+        return decided
+    raws = batch.raws
     try:
-        return decide_batch(raws, policy, rules=rules)
+        parsed = cache.get("parsed")
+        if parsed is None:
+            parsed = cache["parsed"] = parse_batch(raws, policy.config.limits)
+        decided = decide_parsed(parsed, policy, rules=rules)
     except Exception:
         log.exception("%s: batch of %d failed; deciding one by one", agent, len(raws))
         metrics.agent_errors.labels(agent).inc()
-        return _decide_one_by_one(policy, raws, rules)
+        decided = _decide_one_by_one(policy, raws, rules)
+    cache["decided" if rules else "decided_norules"] = decided
+    return decided
 
 
 def _decide_one_by_one(policy: Policy, raws: list[bytes], rules: bool) -> BatchDecisions:

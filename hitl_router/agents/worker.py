@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
+
+import faust
 
 from hitl_router.agents.app import AGENTS, build_app, group_id
 from hitl_router.agents.topics import ensure_topics
@@ -11,6 +14,16 @@ from hitl_router.errors import ConfigError
 from hitl_router.router.config import Config
 
 log = logging.getLogger(__name__)
+
+
+class _QuietWorker(faust.Worker):
+    """Faust's worker without its terminal spinner. The spinner sets the root logger to
+    DEBUG (to spin on every record), so every library's debug call builds a log record
+    — aiokafka logs one per message sent: measured at ~9% of the worker's time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
 
 
 def run_worker(
@@ -21,8 +34,6 @@ def run_worker(
     web_port: int | None = None,
 ) -> int:
     """Run until stopped (SIGINT/SIGTERM); returns the process exit code."""
-    import faust
-
     chosen = set(agents)
     if "all" in chosen:
         chosen = set(AGENTS)
@@ -45,7 +56,7 @@ def run_worker(
         group_id(config, sorted(chosen)),
         config.config_hash,
     )
-    worker = faust.Worker(app, loglevel=loglevel)
+    worker = _QuietWorker(app, loglevel=loglevel)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from hitl_router.router.uncertainty import (
     ensemble_scores,
     scores,
 )
-from hitl_router.router.validation import ErrorInfo, parse_batch
+from hitl_router.router.validation import ErrorInfo, ParsedBatch, parse_batch
 
 DEADLETTER, EVAL, REVIEW, PASS = 0, 1, 2, 3
 FATES = ("deadletter", "eval", "review", "pass")
@@ -58,6 +59,7 @@ class BatchDecisions:
     temperature: np.ndarray  # float64 (n,)
     matched: np.ndarray  # bool (Q, n): which queues' rules hold
     memo: dict[int, np.ndarray]  # node values, for tracing reasons
+    raws: Sequence[bytes | None]  # the messages as received
 
     @property
     def n(self) -> int:
@@ -73,9 +75,13 @@ class BatchDecisions:
     def rows(self, fate: int) -> np.ndarray:
         return np.flatnonzero(self.fate == fate)
 
+    @cached_property
+    def _score_columns(self) -> list[tuple[str, list[float]]]:
+        return [(k, v.tolist()) for k, v in self.scores.items()]
+
     def score_dict(self, i: int) -> dict[str, float]:
         """The scores a prediction has (ensemble scores only with an ensemble)."""
-        return {k: float(v[i]) for k, v in self.scores.items() if not np.isnan(v[i])}
+        return {k: col[i] for k, col in self._score_columns if col[i] == col[i]}  # not NaN
 
     def reasons(self, i: int) -> list[dict[str, Any]]:
         """Every rule result that fired for row ``i``, over all matching queues."""
@@ -117,8 +123,13 @@ def decide_batch(raws: Sequence[bytes], policy: Policy, *, rules: bool = True) -
     With ``rules=False`` only validation and the eval draw are done (what the
     sampler agent needs); rows not drawn are then marked ``PASS``.
     """
+    return decide_parsed(parse_batch(raws, policy.config.limits), policy, rules=rules)
+
+
+def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) -> BatchDecisions:
+    """:func:`decide_batch` for a batch already validated by ``parse_batch`` (so agents
+    sharing a batch parse it once)."""
     config = policy.config
-    parsed = parse_batch(raws, config.limits)
     n = parsed.n
     fate = np.full(n, DEADLETTER, dtype=np.int8)
     queue = np.full(n, -1, dtype=np.int16)
@@ -159,7 +170,16 @@ def decide_batch(raws: Sequence[bytes], policy: Policy, *, rules: bool = True) -
             queue[any_match] = matched[:, any_match].argmax(axis=0)
             fate[any_match] = REVIEW
     return BatchDecisions(
-        policy, parsed.docs, parsed.errors, fate, queue, all_scores, temperature, matched, memo
+        policy,
+        parsed.docs,
+        parsed.errors,
+        fate,
+        queue,
+        all_scores,
+        temperature,
+        matched,
+        memo,
+        parsed.raws,
     )
 
 
@@ -197,6 +217,7 @@ def merge_batches(policy: Policy, parts: Sequence[BatchDecisions]) -> BatchDecis
         if parts
         else np.zeros((q_count, 0), bool),
         memo,
+        [raw for p in parts for raw in p.raws],
     )
 
 
@@ -212,4 +233,5 @@ def poisoned(policy: Policy, raw: bytes | None, exc: BaseException) -> BatchDeci
         np.ones(1),
         np.zeros((len(policy.queues), 1), bool),
         {},
+        [raw],
     )

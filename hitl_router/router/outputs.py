@@ -37,6 +37,14 @@ def router_info(batch: BatchDecisions) -> dict[str, str]:
     return {"version": __version__, "config_hash": batch.policy.config.config_hash}
 
 
+def prediction(batch: BatchDecisions, i: int) -> orjson.Fragment:
+    """The original prediction, embedded as received: never re-serialised, so unknown
+    fields and number formatting pass through untouched (and it costs nothing)."""
+    raw = batch.raws[i]
+    assert raw is not None
+    return orjson.Fragment(raw)
+
+
 def review_item(batch: BatchDecisions, i: int, now: float) -> dict[str, Any]:
     queue = batch.policy.queues[int(batch.queue[i])]
     item = accepted_item(batch, i, now)
@@ -58,7 +66,7 @@ def accepted_item(batch: BatchDecisions, i: int, now: float) -> dict[str, Any]:
         "model": doc["model"],
         "scores": batch.score_dict(i),
         "temperature": float(batch.temperature[i]),
-        "prediction": doc,
+        "prediction": prediction(batch, i),
         "routed_at": now,
         "router": router_info(batch),
     }
@@ -70,7 +78,7 @@ def eval_sample(batch: BatchDecisions, i: int, now: float) -> dict[str, Any]:
     return {
         "id": doc["id"],
         "model": doc["model"],
-        "prediction": doc,
+        "prediction": prediction(batch, i),
         "sample_rate": batch.policy.config.eval_sample.rate,
         "sampled_at": now,
         "router": router_info(batch),

@@ -12,9 +12,9 @@ rest of the batch is affected.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -78,6 +78,7 @@ class ParsedBatch:
     docs: list[dict[str, Any] | None]
     errors: dict[int, ErrorInfo]
     groups: list[Group]
+    raws: Sequence[bytes | None]  # the messages as received
 
     @property
     def n(self) -> int:
@@ -103,7 +104,7 @@ def parse_batch(raws: Sequence[bytes], limits: LimitsConfig) -> ParsedBatch:
         group = _numeric_group(rows, n_members, docs, errors)
         if group is not None:
             groups.append(group)
-    return ParsedBatch(docs, errors, groups)
+    return ParsedBatch(docs, errors, groups, raws)
 
 
 def decode(raw: bytes | None, limits: LimitsConfig) -> dict[str, Any]:
@@ -151,7 +152,6 @@ def check_structure(doc: dict[str, Any], limits: LimitsConfig) -> tuple[int, int
         raise Invalid(
             "too_many_classes", f"probs has {k} classes, limit is {limits.max_classes}", "probs"
         )
-    _numbers(probs, "probs")
     # optional fields: absent is fine; present must have their type (null is not absent)
     if "classes" in doc:
         classes = doc["classes"]
@@ -190,7 +190,6 @@ def check_structure(doc: dict[str, Any], limits: LimitsConfig) -> tuple[int, int
                     f"{path} has {len(member)} probabilities, probs has {k}",
                     path,
                 )
-            _numbers(member, path)
     if "flags" in doc:
         _strings(doc["flags"], "flags")
     if "features" in doc:
@@ -199,13 +198,14 @@ def check_structure(doc: dict[str, Any], limits: LimitsConfig) -> tuple[int, int
             raise Invalid(
                 "bad_type", f"features must be an object, got {_json_type(features)}", "features"
             )
-        for name, value in features.items():
-            if isinstance(value, bool) or not isinstance(value, int | float | str):
-                raise Invalid(
-                    "bad_type",
-                    f"feature values must be numbers or strings, got {_json_type(value)}",
-                    f"features.{name}",
-                )
+        if not set(map(type, features.values())) <= _FEATURE_TYPES:
+            for name, value in features.items():
+                if type(value) not in _FEATURE_TYPES:
+                    raise Invalid(
+                        "bad_type",
+                        f"feature values must be numbers or strings, got {_json_type(value)}",
+                        f"features.{name}",
+                    )
     ts = doc.get("ts", 0)
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise Invalid("bad_type", f"ts must be a number (unix seconds), got {_json_type(ts)}", "ts")
@@ -213,7 +213,7 @@ def check_structure(doc: dict[str, Any], limits: LimitsConfig) -> tuple[int, int
     if not isinstance(meta, dict):
         raise Invalid("bad_type", f"meta must be an object, got {_json_type(meta)}", "meta")
     for key, value in doc.items():
-        if isinstance(value, dict | list) and key not in _FLAT_FIELDS:
+        if type(value) in _CONTAINERS and key not in _FLAT_FIELDS:
             depth = _depth(value, limits.max_depth)
             if depth > limits.max_depth:
                 raise Invalid(
@@ -223,19 +223,39 @@ def check_structure(doc: dict[str, Any], limits: LimitsConfig) -> tuple[int, int
 
 
 _FLAT_FIELDS = frozenset({"probs", "classes", "ensemble", "flags", "features"})
+_CONTAINERS = (dict, list)
+_FEATURE_TYPES = frozenset({int, float, str})
+_STR = frozenset({str})
 
 
 def _numeric_group(
     rows: list[int], n_members: int, docs: list[dict[str, Any] | None], errors: dict[int, ErrorInfo]
 ) -> Group | None:
-    chosen = [docs[i] for i in rows]
-    probs = np.array([d["probs"] for d in chosen], dtype=np.float64)  # type: ignore[index]
+    """Type-check and range-check the numbers of same-shaped rows, a group at a time.
+
+    Element types are checked in one pass over the whole group (``set(map(type, …))``
+    in C); only a group holding a non-number looks row by row for the culprits.
+    """
+    chosen: list[dict[str, Any]] = [docs[i] for i in rows]  # type: ignore[misc]
+    typed = _drop_non_numbers(rows, chosen, n_members, docs, errors)
+    if typed is not None:
+        rows, chosen = typed
+        if not rows:
+            return None
+    g, k = len(chosen), len(chosen[0]["probs"])
+    probs = np.fromiter(
+        chain.from_iterable(d["probs"] for d in chosen), np.float64, count=g * k
+    ).reshape(g, k)
     members = None
     if n_members:
-        members = np.array([d["ensemble"] for d in chosen], dtype=np.float64)  # type: ignore[index]
+        members = np.fromiter(
+            chain.from_iterable(chain.from_iterable(d["ensemble"] for d in chosen)),
+            np.float64,
+            count=g * n_members * k,
+        ).reshape(g, n_members, k)
     bad = _bad_rows(probs, "probs", rows, errors)
     if members is not None:
-        flat = members.reshape(-1, members.shape[-1])
+        flat = members.reshape(-1, k)
         member_bad = _bad_rows(flat, "ensemble", rows, errors, per_row=n_members, skip=bad)
         bad |= member_bad
     if bad.any():
@@ -248,6 +268,40 @@ def _numeric_group(
             np.asarray(rows)[keep], probs[keep], None if members is None else members[keep]
         )
     return Group(np.asarray(rows), probs, members)
+
+
+_NUMBER_TYPES = frozenset({float, int})
+
+
+def _drop_non_numbers(
+    rows: list[int],
+    chosen: list[dict[str, Any]],
+    n_members: int,
+    docs: list[dict[str, Any] | None],
+    errors: dict[int, ErrorInfo],
+) -> tuple[list[int], list[dict[str, Any]]] | None:
+    """None when every probability in the group is a number (the fast, usual case);
+    else the rows and docs that remain once those holding a non-number are rejected."""
+    seen = set(map(type, chain.from_iterable(d["probs"] for d in chosen)))
+    if n_members:
+        seen.update(
+            map(type, chain.from_iterable(chain.from_iterable(d["ensemble"] for d in chosen)))
+        )
+    if seen <= _NUMBER_TYPES:
+        return None
+    kept_rows, kept_docs = [], []
+    for i, doc in zip(rows, chosen, strict=True):
+        try:
+            _numbers(doc["probs"], "probs")
+            for j, member in enumerate(doc.get("ensemble") or ()):
+                _numbers(member, f"ensemble[{j}]")
+        except Invalid as exc:
+            errors[i] = exc.info
+            docs[i] = None
+            continue
+        kept_rows.append(i)
+        kept_docs.append(doc)
+    return kept_rows, kept_docs
 
 
 def _bad_rows(
@@ -304,8 +358,6 @@ def _numbers(values: list[Any], path: str) -> None:
             raise Invalid(
                 "bad_type", f"{path}[{j}] must be a number, got {_json_type(v)}", f"{path}[{j}]"
             )
-        if t is float and not math.isfinite(v):  # orjson rejects these; other decoders may not
-            raise Invalid("not_finite", f"{path}[{j}] is not finite", f"{path}[{j}]")
 
 
 def _strings(values: Any, path: str) -> None:
@@ -313,6 +365,8 @@ def _strings(values: Any, path: str) -> None:
         raise Invalid(
             "bad_type", f"{path} must be an array of strings, got {_json_type(values)}", path
         )
+    if set(map(type, values)) <= _STR:
+        return
     for j, v in enumerate(values):
         if not isinstance(v, str):
             raise Invalid(

@@ -633,7 +633,7 @@ def test_schemas_refuse_broken_outputs() -> None:
     config = parse_config({**CONFIG, "eval_sample": {"rate": 0.0}})
     batch = decide_batch([msg(flags=["pii"])], Policy(config))
     assert batch.fate_name(0) == "review"
-    item = outputs.review_item(batch, 0, 1.0)
+    item = orjson.loads(orjson.dumps(outputs.review_item(batch, 0, 1.0)))  # as published
     review = validator("review_item")
     assert review.is_valid(item)
     broken = [

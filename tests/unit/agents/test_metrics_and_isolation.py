@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import orjson
 from prometheus_client import CollectorRegistry
 
 from hitl_router.agents import app as agent_app
+from hitl_router.agents.batching import Batch
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router import decision
 from hitl_router.router.config import parse_config
@@ -75,11 +78,21 @@ def test_a_message_that_crashes_the_router_is_dead_lettered_alone(monkeypatch):
             raise RuntimeError("boom")
         return real(raws, policy, rules=rules)
 
+    def buggy_parse(raws, limits):
+        if any(b"boom" in r for r in raws):
+            raise RuntimeError("boom")
+        return real_parse(raws, limits)
+
+    real_parse = agent_app.parse_batch
+    monkeypatch.setattr(agent_app, "parse_batch", buggy_parse)
     monkeypatch.setattr(agent_app, "decide_batch", buggy)
     reg = CollectorRegistry()
     metrics = RouterMetrics(reg)
     raws = [raw("a", [0.6, 0.4]), raw("boom", [0.9, 0.1]), raw("c", [0.9, 0.1])]
-    batch = agent_app._decide(POLICY, raws, metrics, "router", rules=True)
+    shared = Batch([SimpleNamespace(value=r) for r in raws], n_agents=2)
+    batch = agent_app._decide(shared, POLICY, metrics, "router", rules=True)
+    # the sampler reuses the router's decision instead of deciding again
+    assert agent_app._decide(shared, POLICY, metrics, "sampler", rules=False) is batch
     assert [batch.fate_name(i) for i in range(3)] == ["review", "deadletter", "pass"]
     assert batch.errors[1].code == "internal_error" and "boom" in batch.errors[1].message
     assert reg.get_sample_value("hitl_agent_errors_total", {"agent": "router"}) == 1

@@ -1,0 +1,210 @@
+"""Faust's own Kafka consumer, handing agents one batch per fetch instead of one event
+per message.
+
+Measured here (BENCHMARKS.md): Faust's per-message path — ``Consumer._drain_messages``
+awaiting ``wait_first(callback(message), ...)`` (two tasks per message), the conductor,
+the channel queue, ``Stream`` and ``Event`` — caps a no-op agent at a fraction of what a
+raw aiokafka loop moves. So for the topics it is told to batch, :class:`BatchingConsumer`
+keeps everything Faust does around the data (group membership and rebalances, the
+consumer thread, read offsets and gaps, flow control, ``track_message``/``ack`` and
+Faust's committer, sensors) and changes only the hand-off: the messages of one fetch
+become one :class:`Batch`, sent as a single value on an in-memory Faust channel per
+agent. Agents stay Faust agents (``@app.agent(channel)``) and do their work once per
+batch, vectorised.
+
+A batch's messages are acked only when every agent has finished it *and* every output it
+produced has been acknowledged by the broker: at-least-once, with up to
+``max_in_flight`` batches being delivered while the next is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from time import monotonic
+from typing import Any
+
+from faust.transport.drivers.aiokafka import Consumer
+
+log = logging.getLogger(__name__)
+
+
+class Batch:
+    """The messages of one fetch from one topic, shared by the agents that read it."""
+
+    __slots__ = ("messages", "_pending", "_done", "_deliveries", "cache")
+
+    def __init__(self, messages: Sequence[Any], n_agents: int) -> None:
+        self.messages = messages
+        self._pending = n_agents
+        self._done = asyncio.Event()
+        self._deliveries: list[Awaitable[Any]] = []
+        #: Work shared between agents (e.g. the parsed batch), computed by whichever
+        #: agent needs it first; agents run on one event loop, so no lock is needed.
+        self.cache: dict[str, Any] = {}
+        if n_agents == 0:
+            self._done.set()
+
+    @property
+    def raws(self) -> list[bytes]:
+        raws = self.cache.get("raws")
+        if raws is None:
+            raws = self.cache["raws"] = [m.value for m in self.messages]
+        return raws
+
+    def finish(self, deliveries: Sequence[Awaitable[Any]] = ()) -> None:
+        """An agent is done with this batch; ``deliveries`` resolve when its outputs are
+        acknowledged by the broker."""
+        self._deliveries.extend(deliveries)
+        self._pending -= 1
+        if self._pending <= 0:
+            self._done.set()
+
+    async def wait(self) -> None:
+        """Until every agent finished and every output was delivered (raises if a
+        delivery failed: the batch is then not acked and will be redelivered)."""
+        await self._done.wait()
+        if self._deliveries:
+            await asyncio.gather(*self._deliveries)
+
+
+BatchSink = Callable[[Batch], Awaitable[None]]
+
+
+class BatchingConsumer(Consumer):
+    """Faust's aiokafka consumer; messages of ``batch_topics`` go to their sinks a batch
+    at a time, every other topic takes Faust's usual per-message path."""
+
+    #: topic → (number of agents, function delivering a batch to them)
+    batch_topics: Mapping[str, tuple[int, BatchSink]] = {}
+    max_in_flight: int = 2
+    #: seconds a stop or rebalance waits for batches in flight before forgetting them
+    settle_grace: float = 5.0
+
+    def __post_init__(self) -> None:  # pragma: no cover - mode calls it after __init__
+        super().__post_init__()
+        self._batches_in_flight: dict[asyncio.Future[None], Batch] = {}
+
+    async def wait_empty(self) -> None:  # pragma: no cover - needs Kafka
+        """Before a stop or rebalance, Faust waits here for every message taken to be
+        acked. It also suspends flow control, which drops the batches still queued in
+        the agents' channels: those would never settle. So: give the batches in flight
+        ``settle_grace`` seconds, then forget the unsettled ones — not acked, they are
+        redone from the committed offset by whoever owns the partition next."""
+        pending = set(self._batches_in_flight)
+        if pending:
+            await asyncio.wait(pending, timeout=self.settle_grace)
+        for task in list(self._batches_in_flight):
+            task.cancel()
+        forgotten = {m for m in self._unacked_messages if m.topic in self.batch_topics}
+        if forgotten:
+            self._unacked_messages.difference_update(forgotten)
+            log.info(
+                "%d messages in flight not settled in %.0fs: they will be redelivered",
+                len(forgotten),
+                self.settle_grace,
+            )
+        await super().wait_empty()
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs Kafka
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        in_flight: deque[asyncio.Future[None]] = deque()
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                fetched: dict[str, list[Any]] = {}
+                for tp, messages in (await self._fetch(timeout=1.0)).items():
+                    r_offset = get_read_offset(tp)
+                    if r_offset is not None:
+                        messages = [m for m in messages if m.offset >= r_offset]
+                        if not messages:
+                            continue  # already read: Faust drops these too
+                    if acks_enabled_for(tp.topic):
+                        # offsets with no message (e.g. transaction markers) become gaps, as in
+                        # Faust, or the committer would wait for them forever
+                        prev = r_offset
+                        for m in messages:
+                            if prev and m.offset - prev > 1:
+                                await self._add_gap(tp, prev + 1, m.offset)
+                            prev = m.offset
+                    if tp.topic in self.batch_topics:
+                        fetched.setdefault(tp.topic, []).extend(messages)
+                    else:
+                        for message in messages:
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                    set_read_offset(tp, messages[-1].offset)
+                for topic, messages in fetched.items():
+                    n_agents, sink = self.batch_topics[topic]
+                    batch = Batch(messages, n_agents)
+                    self._unacked_messages.update(messages)  # Faust's stop/rebalance wait on these
+                    # settled by a task of its own, so acks keep coming while the fetcher
+                    # stops (Faust's shutdown and rebalances wait for them); registered
+                    # before the hand-off so that wait_empty can always account for it
+                    task = asyncio.ensure_future(self._settle(batch))
+                    self._batches_in_flight[task] = batch
+                    task.add_done_callback(self._batches_in_flight.pop)
+                    in_flight.append(task)
+                    await sink(batch)
+                while in_flight and (len(in_flight) > self.max_in_flight or in_flight[0].done()):
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await in_flight.popleft()
+                if self._commit_every is not None and self._n_acked >= self._commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+
+    async def _fetch(self, timeout: float) -> dict[Any, list[Any]]:
+        """One fetch, as Faust's ``getmany`` does it, per partition instead of per message:
+        the end offset (for lag) is tracked once per partition, and no per-message sensor
+        runs (``faust_messages_received*`` do not count batched topics; ``hitl_*`` do)."""
+        records, active_partitions = await self._wait_next_records(timeout)
+        if not records or self.should_stop:
+            return {}
+        if not self.flow_active:
+            try:
+                await self.perform_seek()
+            except Exception as exc:  # noqa: BLE001 - as Faust: log, retry next fetch
+                log.warning("exception performing seek when flow not active %r", exc)
+            return {}
+        to_message = self._to_message
+        monitor = self.app.monitor
+        now = monotonic()
+        out = {}
+        for tp, recs in records.items():
+            if (
+                active_partitions is None
+                or tp in active_partitions
+                or tp in self._buffered_partitions
+            ):
+                monitor.track_tp_end_offset(tp, self.highwater(tp))
+                # what the stream sensor would record: Faust's consumer thread checks it
+                # to tell a busy partition from a stuck one
+                monitor.stream_inbound_time[tp] = now
+                out[tp] = [to_message(tp, r) for r in recs]
+        return out
+
+    async def _settle(self, batch: Batch) -> None:
+        """Ack a batch once it is decided and delivered. If a delivery failed, nothing of
+        it is acked (it is redone from the committed offset) and the worker crashes: a
+        producer that cannot deliver is not a state to route through."""
+        try:
+            await batch.wait()
+        except Exception as exc:
+            log.error("outputs of a batch of %d were not delivered: %r", len(batch.messages), exc)
+            self._unacked_messages.difference_update(batch.messages)
+            await self.crash(exc)
+            return
+        ack = self.ack
+        for m in batch.messages:
+            ack(m)
