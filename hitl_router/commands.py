@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import IO
 
 import orjson
 import yaml
@@ -15,6 +17,7 @@ from hitl_router.errors import InputError
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from hitl_router.demo import add_parser as add_demo
     from hitl_router.localkafka.broker import add_parser as add_kafka
+    from hitl_router.profile import add_parser as add_profile
     from hitl_router.simulate import add_parser as add_simulate
 
     p = sub.add_parser("worker", help="run the Faust worker (all agents, or --agents)")
@@ -35,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-c", "--config", required=True, help="YAML config file")
     p.add_argument("-o", "--output", default="-", help="decisions JSONL (default: stdout)")
     p.add_argument("--summary", help="also write the summary JSON to this file")
+    p.add_argument(
+        "--drift-out", help="also write drift reports (JSONL, one per window and feature/method)"
+    )
+    p.add_argument(
+        "--profile", help="drift reference profile (default: drift.profile of the config)"
+    )
     p.set_defaults(handler=_replay)
 
     p = sub.add_parser("check-config", help="validate a config and print the resolved rules")
@@ -42,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=_check_config)
 
     add_kafka(sub)
+    add_profile(sub)
     add_simulate(sub)
     add_demo(sub)
 
@@ -56,25 +66,32 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from hitl_router.profile import drift_monitor
     from hitl_router.replay import read_lines, replay
     from hitl_router.router.config import load_config
 
     config = load_config(args.config)
-    if args.output == "-":
-        summary = replay(read_lines(args.input), config, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        print(_pretty(summary), file=sys.stderr)
-    else:
-        try:
-            out = Path(args.output).open("wb")
-        except OSError as exc:
-            raise InputError(f"cannot write {args.output}: {exc.strerror}") from exc
-        with out:
-            summary = replay(read_lines(args.input), config, out)
-        print(_pretty(summary))
+    monitor = drift_monitor(config, args.profile) if args.drift_out or args.profile else None
+    with ExitStack() as files:
+        drift_out = files.enter_context(_open_out(args.drift_out)) if args.drift_out else None
+        if args.output == "-":
+            summary = replay(read_lines(args.input), config, sys.stdout.buffer, monitor, drift_out)
+            sys.stdout.buffer.flush()
+            print(_pretty(summary), file=sys.stderr)
+        else:
+            with _open_out(args.output) as out:
+                summary = replay(read_lines(args.input), config, out, monitor, drift_out)
+            print(_pretty(summary))
     if args.summary:
         Path(args.summary).write_text(_pretty(summary) + "\n", encoding="utf-8")
     return 0
+
+
+def _open_out(path: str) -> IO[bytes]:
+    try:
+        return Path(path).open("wb")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _check_config(args: argparse.Namespace) -> int:

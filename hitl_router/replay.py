@@ -12,6 +12,7 @@ import orjson
 from hitl_router.errors import InputError
 from hitl_router.router.config import Config
 from hitl_router.router.decision import Policy, decide_batch
+from hitl_router.router.drift import DriftMonitor
 from hitl_router.router.outputs import id_of, replay_record
 from hitl_router.router.summary import Summary
 
@@ -33,8 +34,19 @@ def read_lines(path: str) -> Iterator[bytes]:
             yield line.rstrip(b"\r\n")
 
 
-def replay(lines: Iterator[bytes], config: Config, out: IO[bytes]) -> dict[str, Any]:
-    """Decide every line, write one record per line to ``out``; return the summary."""
+def replay(
+    lines: Iterator[bytes],
+    config: Config,
+    out: IO[bytes],
+    drift: DriftMonitor | None = None,
+    drift_out: IO[bytes] | None = None,
+) -> dict[str, Any]:
+    """Decide every line, write one record per line to ``out``; return the summary.
+
+    With ``drift``, every valid prediction also goes, in input order, to that monitor; each
+    report of a completed window is written to ``drift_out`` (one JSON line) and the summary
+    gains a ``drift`` section.
+    """
     policy = Policy(config)
     summary = Summary(policy)
     chunk: list[bytes] = []
@@ -52,6 +64,10 @@ def replay(lines: Iterator[bytes], config: Config, out: IO[bytes]) -> dict[str, 
             rec["line"] = line_no
             out.write(orjson.dumps(rec))
             out.write(b"\n")
+        if drift is not None:
+            for report in drift.update(batch.docs):
+                if drift_out is not None:
+                    drift_out.write(orjson.dumps(report.as_dict()) + b"\n")
         chunk.clear()
 
     for line in lines:
@@ -60,4 +76,7 @@ def replay(lines: Iterator[bytes], config: Config, out: IO[bytes]) -> dict[str, 
             flush()
     if chunk:
         flush()
-    return summary.report()
+    report = summary.report()
+    if drift is not None:
+        report["drift"] = drift.summary()
+    return report

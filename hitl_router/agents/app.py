@@ -12,6 +12,7 @@ every agent finished and every output was delivered (at-least-once).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
@@ -23,6 +24,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
+from hitl_router.agents.publishing import BatchPublisher
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import Config
 from hitl_router.router.decision import (
@@ -62,6 +64,7 @@ class RouterApp(faust.App):
     """A Faust app whose consumer hands ``batch_topics`` to agents a batch at a time."""
 
     batch_topics: dict[str, tuple[int, BatchSink]]
+    fetch_max_wait_ms: int = 50
 
     def _new_consumer(self) -> BatchingConsumer:
         consumer = BatchingConsumer(
@@ -73,6 +76,7 @@ class RouterApp(faust.App):
             loop=self.transport.loop,
         )
         consumer.batch_topics = self.batch_topics
+        consumer.fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
 
 
@@ -117,9 +121,16 @@ def build_app(
     )
     channels = []
 
-    def publish(outputs: list[Output]) -> Awaitable[Any]:
-        producer = app.producer
-        return _send_all(producer, outputs)
+    publisher: list[BatchPublisher] = []
+
+    def publish(outputs: list[Output]) -> list[Awaitable[Any]]:
+        """Hand outputs to the producer in the background (the agent goes on with the
+        next batch meanwhile); the returned awaitable resolves once all are delivered."""
+        if not publisher:  # the aiokafka producer exists once the app has started
+            publisher.append(BatchPublisher(app.producer._ensure_producer()))
+        if not outputs:
+            return []
+        return [asyncio.ensure_future(publisher[0].deliver(outputs))]
 
     if "router" in agents:
         router_channel = app.channel()
@@ -133,7 +144,7 @@ def build_app(
                     decided = _decide(batch, policy, metrics, "router", rules=True)
                     raws, sources, times = _unpack(batch)
                     now = time.time()
-                    deliveries = await publish(router_outputs(decided, raws, sources, now))
+                    deliveries = publish(router_outputs(decided, raws, sources, now))
                     metrics.observe_router(decided, _prediction_times(decided, times), now)
                 finally:
                     batch.finish(deliveries)
@@ -148,7 +159,7 @@ def build_app(
                 deliveries: list[Awaitable[Any]] = []
                 try:
                     decided = _decide(batch, policy, metrics, "sampler", rules=False)
-                    deliveries = await publish(eval_outputs(decided, time.time()))
+                    deliveries = publish(eval_outputs(decided, time.time()))
                     metrics.observe_sampler(decided)
                 finally:
                     batch.finish(deliveries)
@@ -158,13 +169,8 @@ def build_app(
             await channel.send(value=batch)
 
     app.batch_topics = {config.topics.predictions: (len(channels), fan_out)}
+    app.fetch_max_wait_ms = config.worker.fetch_max_wait_ms
     return app
-
-
-async def _send_all(producer: Any, outputs: list[Output]) -> list[Awaitable[Any]]:
-    """Hand every output to the producer; the returned futures resolve on delivery."""
-    send = producer.send
-    return [await send(o.topic, o.key, o.value, None, None, None) for o in outputs]
 
 
 def _unpack(batch: Batch) -> tuple[list[bytes], list[Source], list[float]]:

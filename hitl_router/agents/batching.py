@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import monotonic
 from typing import Any
 
-from faust.transport.drivers.aiokafka import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,23 @@ class Batch:
 BatchSink = Callable[[Batch], Awaitable[None]]
 
 
+class _ConsumerThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread with a configurable fetch wait.
+
+    Faust hard-codes ``fetch_max_wait_ms=1500``. aiokafka leaves partitions that still
+    hold buffered records out of the next fetch, so when every input partition is
+    buffered the fetch asks only for idle ones (Faust's own assignor partition is always
+    idle) and the broker holds it for the full wait: measured as 0.4–0.9 s stalls at
+    full speed and a p50 latency above a second at half speed (BENCHMARKS.md)."""
+
+    fetch_max_wait_ms: int = 1500
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
+
+
 class BatchingConsumer(Consumer):
     """Faust's aiokafka consumer; messages of ``batch_topics`` go to their sinks a batch
     at a time, every other topic takes Faust's usual per-message path."""
@@ -83,6 +100,13 @@ class BatchingConsumer(Consumer):
     max_in_flight: int = 2
     #: seconds a stop or rebalance waits for batches in flight before forgetting them
     settle_grace: float = 5.0
+    #: how long the broker may hold a fetch waiting for data (Faust's own: 1500)
+    fetch_max_wait_ms: int = 50
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.fetch_max_wait_ms = self.fetch_max_wait_ms
+        return thread
 
     def __post_init__(self) -> None:  # pragma: no cover - mode calls it after __init__
         super().__post_init__()

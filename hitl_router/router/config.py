@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,10 @@ class LimitsConfig:
 class DriftConfig:
     profile: str | None = None
     window: int = 1000
+    #: Window false-alarm rate; None: the profile's (another value is recalibrated).
+    alpha: float | None = None
+    #: Threshold overrides: ``{"<method>": t}`` or ``{"<feature>.<method>": t}``.
+    thresholds: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class WorkerConfig:
     batch_size: int = 1000
-    batch_timeout: float = 0.05
+    fetch_max_wait_ms: int = 50
 
 
 @dataclass(frozen=True)
@@ -183,15 +187,15 @@ def parse_config(data: Any) -> Config:
     for name, value in asdict(limits).items():
         if value < 1:
             raise ConfigError(f"limits.{name}", f"must be ≥ 1, got {value}")
-    drift = _section(root, "drift", DriftConfig)
-    if drift.window < 10:
-        raise ConfigError("drift.window", f"must be ≥ 10, got {drift.window}")
+    drift = _drift(root.get("drift", {}))
     metrics = _section(root, "metrics", MetricsConfig)
     if not 0 <= metrics.port <= 65535:
         raise ConfigError("metrics.port", f"must be a TCP port, got {metrics.port}")
     worker = _section(root, "worker", WorkerConfig)
-    if worker.batch_size < 1 or worker.batch_timeout <= 0:
-        raise ConfigError("worker", "batch_size must be ≥ 1 and batch_timeout > 0")
+    if worker.batch_size < 1:
+        raise ConfigError("worker.batch_size", f"must be ≥ 1, got {worker.batch_size}")
+    if not 0 <= worker.fetch_max_wait_ms <= 60_000:
+        raise ConfigError("worker.fetch_max_wait_ms", "must be between 0 and 60000")
     cfg = Config(
         kafka=kafka,
         topics=topics,
@@ -298,6 +302,22 @@ def _queues(value: Any, topics: TopicsConfig) -> tuple[QueueConfig, ...]:
         when = parse_rule(q["when"], f"{key}.when")
         out.append(QueueConfig(name, topic, when, priority, q["when"]))
     return tuple(out)
+
+
+def _drift(value: Any) -> DriftConfig:
+    from hitl_router.router.drift import threshold_overrides
+
+    data = _mapping(value or {}, "drift")
+    _known(data, "drift", {"profile", "window", "alpha", "thresholds"})
+    profile = _coerce(data.get("profile"), None, "drift.profile", "str | None")
+    window = _coerce(data.get("window", 1000), 1000, "drift.window", "int")
+    if window < 10:
+        raise ConfigError("drift.window", f"must be ≥ 10, got {window}")
+    alpha = _coerce(data.get("alpha"), None, "drift.alpha", "float | None")
+    if alpha is not None and not 0.0 < alpha < 1.0:
+        raise ConfigError("drift.alpha", f"must be between 0 and 1 (exclusive), got {alpha:g}")
+    thresholds = _mapping(data.get("thresholds", {}) or {}, "drift.thresholds")
+    return DriftConfig(profile, window, alpha, threshold_overrides(thresholds))
 
 
 def _calibration(value: Any) -> CalibrationConfig:

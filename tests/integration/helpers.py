@@ -98,7 +98,7 @@ def write_config(path: Path, bootstrap: str, **overrides: Any) -> dict[str, Any]
             },
         ],
         "metrics": {"port": free_port()},
-        "worker": {"batch_size": 500, "batch_timeout": 0.05},
+        "worker": {"batch_size": 500},
     }
     for section, values in overrides.items():
         if isinstance(values, dict):

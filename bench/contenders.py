@@ -1,0 +1,281 @@
+"""How each contender is started and measured.
+
+Every contender runs as subprocesses reading the prefilled topic with a fresh consumer
+group and writing to its own output topics. Throughput is N / (t_last - t_first) over the
+CreateTime stamps of all its output records (set by its producer at send time), read
+after the run; CPU time per message is read from ``/proc`` between the first output and
+the N-th.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import procs
+from bench.kafka_io import Admin, OutputReader, free_port, prefill
+from bench.peer import topics as peer_topics
+
+POLL_S = 0.25
+
+
+class ContenderFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every contender shares: the broker, the prefilled topic, a scratch directory."""
+
+    bootstrap: str
+    input_topic: str
+    messages: list[bytes]  # what the input topic holds, in memory for refills
+    keys: list[bytes | None]
+    partitions: int
+    tag: str
+    tmp: Path
+    admin: Admin
+    timeout: float
+    broker_pid: int | None
+
+    @property
+    def count(self) -> int:
+        return len(self.messages)
+
+    @property
+    def env(self) -> dict[str, str]:
+        # Faust puts its datadir under the temp dir: keep it in our scratch directory.
+        return {**os.environ, "TMPDIR": str(self.tmp), "PYTHONUNBUFFERED": "1"}
+
+
+def router_config(setup: Setup, name: str, input_topic: str | None = None) -> dict[str, Any]:
+    t = f"{name}-{setup.tag}"
+    return {
+        "kafka": {
+            "bootstrap_servers": setup.bootstrap,
+            "group_id": f"bench-router-{t}",
+            "partitions": setup.partitions,
+        },
+        "topics": {
+            "predictions": input_topic or setup.input_topic,
+            "eval": f"bench-eval-{t}",
+            "deadletter": f"bench-dlq-{t}",
+            "labels": f"bench-labels-{t}",
+            "accepted": f"bench-accepted-{t}",
+        },
+        "eval_sample": {"rate": 0.02, "salt": "bench"},
+        "queues": [
+            {
+                "name": "flagged",
+                "topic": f"bench-review-flagged-{t}",
+                "when": {"flags_any": ["pii", "user_report"]},
+            },
+            {
+                "name": "disagreement",
+                "topic": f"bench-review-disagreement-{t}",
+                "when": {"ensemble_kl_above": 0.05},
+            },
+            {
+                "name": "uncertain",
+                "topic": f"bench-review-uncertain-{t}",
+                "when": {"any": [{"max_prob_below": 0.7}, {"margin_below": 0.1}]},
+            },
+        ],
+        "worker": {"batch_size": 1000},
+    }
+
+
+def output_topics(config: dict[str, Any]) -> list[str]:
+    """Every topic a router with ``config`` writes: one of them gets each input."""
+    t = config["topics"]
+    return [t["eval"], t["deadletter"], t["accepted"], *(q["topic"] for q in config["queues"])]
+
+
+def write_config(setup: Setup, config: dict[str, Any], name: str) -> Path:
+    path = setup.tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def spawn_workers(setup: Setup, config_path: Path, name: str, n: int) -> list[procs.Proc]:
+    out = []
+    for i in range(n):
+        argv = [procs.PYTHON, "-m", "hitl_router.cli", "worker", "-c", str(config_path)]
+        argv += ["--metrics-port", str(free_port()), "--loglevel", "warning"]
+        log_path = setup.tmp / f"{name}-{i}.log"
+        out.append(procs.Proc(f"{name}[{i}]", argv, log_path, env=setup.env))
+    return out
+
+
+def check_alive(running: list[procs.Proc]) -> None:
+    if procs.INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+    for p in running:
+        if not p.alive():
+            raise ContenderFailed(
+                f"{p.name} exited with code {p.popen.returncode}; last lines of "
+                f"{p.log_path}:\n{p.tail()}"
+            )
+
+
+async def wait_group(
+    setup: Setup, group: str, topic: str, members: int, running: list[procs.Proc]
+) -> float:
+    """Wait until ``members`` members of ``group`` read ``topic``; return when (epoch s)."""
+    deadline = time.monotonic() + setup.timeout
+    while time.monotonic() < deadline:
+        check_alive(running)
+        if await asyncio.to_thread(setup.admin.members_reading, group, topic) >= members:
+            return time.time()
+        await asyncio.sleep(POLL_S)
+    raise ContenderFailed(f"group {group} did not get {members} assigned members in time")
+
+
+async def measure(setup: Setup, running: list[procs.Proc], reader: OutputReader) -> dict[str, Any]:
+    """Wait until ``running`` has produced one output per input, then read the outputs."""
+    n = setup.count
+    t_spawn = min(p.started for p in running)
+    deadline = time.monotonic() + setup.timeout
+    pids = [p.pid for p in running]
+    first: tuple[int, procs.Usage] | None = None
+    while True:
+        check_alive(running)
+        total = await reader.end_total()
+        if total and first is None:
+            first = (total, procs.Usage.now(pids, setup.broker_pid))
+        if total >= n:
+            assert first is not None
+            last = (total, procs.Usage.now(pids, setup.broker_pid))
+            await reader.drain()
+            if reader.stats.distinct >= n:
+                break
+        if time.monotonic() > deadline:
+            raise ContenderFailed(
+                f"timed out after {setup.timeout:.0f}s with {total} of {n} outputs written"
+            )
+        await asyncio.sleep(POLL_S)
+    stats = reader.stats
+    stamps = sorted(stats.stamps)
+    t_first, t_last = stamps[0] / 1000.0, stamps[-1] / 1000.0
+    span = max(t_last - t_first, 1e-3)
+    lo, hi = stamps[len(stamps) // 10] / 1000.0, stamps[(len(stamps) * 9) // 10] / 1000.0
+    msgs = max(last[0] - first[0], 1)
+    u0, u1 = first[1], last[1]
+    return {
+        "ok": True,
+        "processes": len(running),
+        "n": n,
+        "outputs": stats.total,
+        "distinct": stats.distinct,
+        "duplicates": stats.total - stats.distinct,
+        "by_topic": dict(sorted(stats.by_topic.items())),
+        "rate": n / span,
+        "rate_p10_p90": 0.8 * len(stamps) / max(hi - lo, 1e-3),
+        "span_s": span,
+        "startup_s": t_first - t_spawn,
+        "wall_s": u1.at - t_spawn,
+        "cpu_us_per_msg": (u1.procs - u0.procs) / msgs * 1e6,
+        "broker_cpu_us_per_msg": (u1.broker - u0.broker) / msgs * 1e6 if setup.broker_pid else None,
+        "cpu_window_msgs": msgs,
+        **u1.since(u0),
+    }
+
+
+async def run_processes(
+    setup: Setup,
+    outputs: list[str],
+    start: Callable[[], list[procs.Proc]],
+    feed: Callable[[list[procs.Proc]], Awaitable[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """Create ``outputs``, start the processes ``start()`` returns, ``feed`` them if given,
+    measure, stop them."""
+    await asyncio.to_thread(setup.admin.create_topics, outputs, setup.partitions)
+    reader = OutputReader(setup.bootstrap, outputs, setup.partitions)
+    await reader.start()
+    running: list[procs.Proc] = []
+    try:
+        running = start()
+        fed = await feed(running) if feed is not None else {}
+        result = await measure(setup, running, reader)
+    finally:
+        stop_s = procs.stop_all(running)
+        await reader.stop()
+    result.update(fed)
+    result["shutdown_s"] = stop_s
+    result["killed_at_shutdown"] = [p.name for p in running if p.killed]
+    return result
+
+
+async def router(setup: Setup) -> dict[str, Any]:
+    """One worker over the prefilled topic."""
+    config = router_config(setup, "router")
+    path = write_config(setup, config, "router")
+    return await run_processes(
+        setup, output_topics(config), lambda: spawn_workers(setup, path, "router", 1)
+    )
+
+
+async def scale(setup: Setup, workers: int) -> dict[str, Any]:
+    """``workers`` workers in one group; the input is written once all hold partitions.
+
+    Started on a full topic, the first worker to join would take every partition and the
+    others' arrival would force a rebalance mid-run; here they all join an empty topic of
+    their own, then the driver writes the same messages into it as fast as it can.
+    """
+    name = f"scale{workers}"
+    input_topic = f"bench-{name}-in-{setup.tag}"
+    config = router_config(setup, name, input_topic=input_topic)
+    path = write_config(setup, config, name)
+    await asyncio.to_thread(setup.admin.create_topics, [input_topic], setup.partitions)
+
+    async def feed(running: list[procs.Proc]) -> dict[str, Any]:
+        group = config["kafka"]["group_id"]
+        t_stable = await wait_group(setup, group, input_topic, workers, running)
+        rate = await prefill(
+            setup.bootstrap, input_topic, setup.messages, setup.keys, setup.partitions
+        )
+        started = min(p.started for p in running)
+        return {"group_ready_after_s": t_stable - started, "fill_rate": rate}
+
+    return await run_processes(
+        setup,
+        output_topics(config),
+        lambda: spawn_workers(setup, path, name, workers),
+        feed,
+    )
+
+
+def spawn_ceiling(
+    setup: Setup, config_path: Path, name: str, output: str, group: str
+) -> procs.Proc:
+    argv = [procs.PYTHON, "-m", "bench.ceiling", "-c", str(config_path), "--output", output]
+    argv += ["--group", group]
+    return procs.Proc(name, argv, setup.tmp / f"{name}.log", env=setup.env)
+
+
+async def ceiling(setup: Setup) -> dict[str, Any]:
+    config = router_config(setup, "ceiling")
+    path = write_config(setup, config, "ceiling")
+    output = f"bench-ceiling-out-{setup.tag}"
+    group = f"bench-ceiling-{setup.tag}"
+    return await run_processes(
+        setup, [output], lambda: [spawn_ceiling(setup, path, "ceiling", output, group)]
+    )
+
+
+async def peer(setup: Setup) -> dict[str, Any]:
+    argv = [procs.PYTHON, "-m", "bench.peer", "--bootstrap", setup.bootstrap]
+    argv += ["--input", setup.input_topic, "--group", f"bench-peer-{setup.tag}"]
+    argv += ["--tag", setup.tag]
+    return await run_processes(
+        setup,
+        list(peer_topics(setup.tag).values()),
+        lambda: [procs.Proc("peer", argv, setup.tmp / "peer.log", env=setup.env)],
+    )

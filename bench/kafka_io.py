@@ -1,0 +1,215 @@
+"""Kafka plumbing of the benchmark: topics, the prefill, and reading a contender's outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Admin:
+    """kafka-python's admin client, for topics and consumer groups (blocking calls)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from kafka import KafkaAdminClient
+
+        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hitl-bench-admin")
+
+    def create_topics(self, names: Iterable[str], partitions: int) -> None:
+        spec = {n: {"num_partitions": partitions, "replication_factor": 1} for n in names}
+        self._admin.create_topics(spec, timeout_ms=30_000, wait_for_metadata=True)
+
+    def delete_topics_containing(self, tag: str) -> list[str]:
+        """Delete every topic whose name contains ``tag``: ours, and those the workers
+        created for themselves (labels, Faust's ``…-__assignor-__leader``)."""
+        doomed = [t for t in self._admin.list_topics() if tag in t]
+        if doomed:
+            self._admin.delete_topics(doomed, timeout_ms=30_000, raise_errors=False)
+        return doomed
+
+    def members_reading(self, group: str, topic: str) -> int:
+        """How many members of ``group`` hold partitions of ``topic`` (0 unless Stable)."""
+        from kafka.errors import KafkaError
+
+        try:
+            info = self._admin.describe_groups([group]).get(group) or {}
+        except KafkaError:  # e.g. no coordinator yet: the offsets topic is being created
+            return 0
+        if info.get("error") or info.get("group_state") != "Stable":
+            return 0
+        count = 0
+        for member in info.get("members") or []:
+            assignment = member.get("member_assignment") or {}
+            parts = (
+                assignment.get("assigned_partitions", []) if isinstance(assignment, dict) else []
+            )
+            count += any(p.get("topic") == topic and p.get("partitions") for p in parts)
+        return count
+
+    def close(self) -> None:
+        self._admin.close()
+
+
+async def prefill(
+    bootstrap: str,
+    topic: str,
+    messages: Sequence[bytes],
+    keys: Sequence[bytes | None],
+    partitions: int,
+) -> float:
+    """Send ``messages`` keyed by ``keys`` (partitioned like any Kafka producer: murmur2 of
+    the key) in whole batches, the fastest aiokafka goes; return the achieved msgs/s."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    choose = DefaultPartitioner()
+    every = list(range(partitions))
+    per_partition: list[list[int]] = [[] for _ in every]
+    for i, key in enumerate(keys):
+        per_partition[choose(key, every, every)].append(i)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks=1,
+        max_batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        futures = []
+        for partition, indexes in enumerate(per_partition):
+            batch = producer.create_batch()
+            for i in indexes:
+                if batch.append(key=keys[i], value=messages[i], timestamp=None) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=keys[i], value=messages[i], timestamp=None)
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(messages) / max(time.perf_counter() - t0, 1e-9)
+
+
+@dataclass
+class OutputStats:
+    """What a contender wrote: counts per topic, distinct ids, CreateTime stamps (ms)."""
+
+    by_topic: Counter[str] = field(default_factory=Counter)
+    keys: set[bytes] = field(default_factory=set)
+    unkeyed: int = 0
+    stamps: array = field(default_factory=lambda: array("q"))
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_topic.values())
+
+    @property
+    def distinct(self) -> int:
+        """Inputs accounted for: distinct keys plus unkeyed records (e.g. dead letters of
+        messages without a usable id)."""
+        return len(self.keys) + self.unkeyed
+
+    def add(self, topic: str, key: bytes | None, timestamp_ms: int) -> None:
+        self.by_topic[topic] += 1
+        if key is None:
+            self.unkeyed += 1
+        else:
+            self.keys.add(key)
+        self.stamps.append(timestamp_ms)
+
+
+class OutputReader:
+    """Reads every partition of a contender's output topics from the start (no group)."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+        self.bootstrap = bootstrap
+        self.topics = list(topics)
+        self.stats = OutputStats()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tps = [TopicPartition(t, p) for t in self.topics for p in range(partitions)]
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            fetch_max_wait_ms=100,
+        )
+        await self._consumer.start()
+
+    async def _assign(self) -> AIOKafkaConsumer:
+        """Assign every partition on first read (not before: while a contender runs, only its
+        end offsets are asked for, and no fetches compete with it)."""
+        assert self._consumer is not None
+        if not self._consumer.assignment():
+            self._consumer.assign(self._tps)
+            await self._consumer.seek_to_beginning(*self._tps)
+        return self._consumer
+
+    async def end_total(self) -> int:
+        """Records written so far to all output partitions (cheap: offsets only)."""
+        assert self._consumer is not None
+        ends = await self._consumer.end_offsets(self._tps)
+        return sum(ends.values())
+
+    async def drain(self, timeout: float = 300.0) -> None:
+        """Read everything up to the current end offsets."""
+        consumer = await self._assign()
+        ends = await consumer.end_offsets(self._tps)
+        deadline = time.monotonic() + timeout
+        while True:
+            behind = [tp for tp in self._tps if await consumer.position(tp) < ends[tp]]
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading outputs of {self.topics} took over {timeout:.0f}s")
+            batches = await consumer.getmany(*behind, timeout_ms=500)
+            add = self.stats.add
+            for tp, records in batches.items():
+                for r in records:
+                    add(tp.topic, r.key, r.timestamp)
+
+    async def live(self, handle: Callable[[Any, float], None], stop: asyncio.Event) -> None:
+        """Hand every record to ``handle(record, received_at)`` as it arrives, until ``stop``."""
+        consumer = await self._assign()
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=50)
+            now = time.time()
+            for tp, records in batches.items():
+                for r in records:
+                    self.stats.add(tp.topic, r.key, r.timestamp)
+                    handle(r, now)
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        try:
+            await consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka's stop() can re-raise the cancellation of its own fetch task
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except KafkaError as exc:
+            log.warning("closing the output reader: %s", exc)

@@ -1,0 +1,264 @@
+"""Latency at a fixed input rate: ``measure`` (used by ``bench.run``), the probe that times
+every output, and the paced producer (this module's ``__main__``, run as a subprocess).
+
+``measure`` starts a fresh router worker (or the ceiling) on a fresh topic, warms it up,
+then lets the pacer feed it. The pacer generates its messages up front, says ``ready``,
+waits for ``go`` on stdin, sends ``rate`` messages/s for ``seconds`` (each message's ``ts``
+rewritten to its send time) and prints a JSON summary line. The probe reads every output
+topic as records arrive and records ``received_at - prediction.ts`` (and, from the
+output's CreateTime, ``produced_at - prediction.ts``).
+
+    python -m bench.latency --bootstrap HOST:PORT --topic T --rate R --seconds S
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from bench import contenders, procs
+from bench.kafka_io import OutputReader, prefill
+
+TS_FIELD = b',"ts":'
+WARMUP = 500  # messages through the contender before the clock starts
+
+
+def split_ts(msg: bytes) -> tuple[bytes, bytes] | None:
+    """(before, after) the value of a trailing ``"ts"`` field, or None if there is none."""
+    at = msg.rfind(TS_FIELD)
+    if at < 0 or not msg.endswith(b"}"):
+        return None
+    value = msg[at + len(TS_FIELD) : -1]
+    try:
+        float(value)
+    except ValueError:
+        return None
+    return msg[: at + len(TS_FIELD)], b"}"
+
+
+def prediction_ts(value: bytes) -> float | None:
+    """The ``ts`` of the prediction an output carries: a review, accepted or eval item's
+    ``prediction``, a dead letter's ``raw``, or the output itself (the pass-through)."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    pred = doc.get("prediction", doc)
+    if "raw" in doc and "error" in doc:
+        if doc.get("raw_encoding") != "utf-8":
+            return None
+        try:
+            pred = orjson.loads(doc["raw"])
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+    ts = pred.get("ts") if isinstance(pred, dict) else None
+    return float(ts) if isinstance(ts, int | float) else None
+
+
+class LatencyProbe:
+    """Collects per-output latencies for predictions stamped at or after ``since``."""
+
+    def __init__(self) -> None:
+        self.since = float("inf")
+        self.received: list[float] = []
+        self.produced: list[float] = []
+        self.unstamped = 0
+
+    def __call__(self, record: Any, received_at: float) -> None:
+        ts = prediction_ts(record.value)
+        if ts is None:
+            self.unstamped += 1
+        elif ts >= self.since:
+            self.received.append(received_at - ts)
+            self.produced.append(record.timestamp / 1000.0 - ts)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"measured": len(self.received), "unstamped": self.unstamped}
+        for name, values in (("receive", self.received), ("produce", self.produced)):
+            if values:
+                ms = np.asarray(values) * 1000.0
+                out[f"{name}_p50_ms"] = float(np.percentile(ms, 50))
+                out[f"{name}_p99_ms"] = float(np.percentile(ms, 99))
+                out[f"{name}_max_ms"] = float(ms.max())
+        return out
+
+
+async def pace(
+    bootstrap: str, topic: str, messages: list[bytes], keys: list[bytes | None], rate: float
+) -> dict[str, Any]:
+    from aiokafka import AIOKafkaProducer
+
+    parts = [split_ts(m) for m in messages]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    await producer.start()
+    futures = []
+    sent = 0
+    try:
+        t0 = time.time()
+        while sent < len(messages):
+            due = min(len(messages), int((time.time() - t0) * rate) + 1)
+            while sent < due:
+                part = parts[sent]
+                msg = messages[sent]
+                if part is not None:
+                    msg = b"%b%r%b" % (part[0], time.time(), part[1])
+                futures.append(await producer.send(topic, msg, key=keys[sent]))
+                sent += 1
+            await asyncio.sleep(0.002)
+        t_end = time.time()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        await producer.stop()
+    failed = sum(1 for r in results if isinstance(r, BaseException))
+    return {
+        "sent": sent,
+        "failed": failed,
+        "unstamped": sum(1 for p in parts if p is None),
+        "seconds": t_end - t0,
+        "rate": sent / max(t_end - t0, 1e-9),
+        "t0": t0,
+    }
+
+
+async def measure(
+    setup: contenders.Setup, rate: float, seconds: float, of: str = "router"
+) -> dict[str, Any]:
+    """The router (or the ceiling) fed live at ``rate`` msgs/s for ``seconds``; every output
+    timed."""
+    name = f"latency-{of}"
+    input_topic = f"bench-{name}-in-{setup.tag}"
+    config = contenders.router_config(setup, name, input_topic=input_topic)
+    path = contenders.write_config(setup, config, name)
+    if of == "router":
+        outputs = contenders.output_topics(config)
+        group = config["kafka"]["group_id"]
+
+        def start() -> list[procs.Proc]:
+            return contenders.spawn_workers(setup, path, name, 1)
+    else:
+        outputs = [f"bench-{name}-out-{setup.tag}"]
+        group = f"bench-ceiling-{name}-{setup.tag}"
+
+        def start() -> list[procs.Proc]:
+            return [contenders.spawn_ceiling(setup, path, name, outputs[0], group)]
+
+    await asyncio.to_thread(setup.admin.create_topics, [input_topic, *outputs], setup.partitions)
+    reader = OutputReader(setup.bootstrap, outputs, setup.partitions)
+    await reader.start()
+    probe = LatencyProbe()
+    stop = asyncio.Event()
+    live = asyncio.create_task(reader.live(probe, stop))
+    running: list[procs.Proc] = []
+    try:
+        running = start()
+        argv = [procs.PYTHON, "-m", "bench.latency", "--bootstrap", setup.bootstrap]
+        argv += ["--topic", input_topic, "--rate", f"{rate:.1f}", "--seconds", str(seconds)]
+        argv += ["--id-prefix", f"lat-{setup.tag}"]
+        pacer = procs.Proc(
+            "pacer", argv, setup.tmp / f"{name}-pacer.log", env=setup.env,
+            stdin=procs.PIPE, stdout=procs.PIPE,
+        )  # fmt: skip
+        running.append(pacer)
+        await contenders.wait_group(setup, group, input_topic, 1, running)
+        # warm up: a first batch goes through before the clock starts
+        warm = slice(0, WARMUP)
+        await prefill(
+            setup.bootstrap, input_topic, setup.messages[warm], setup.keys[warm], setup.partitions
+        )
+        await _wait_for(lambda: reader.stats.total >= WARMUP, running, setup.timeout, "warm-up")
+        line = await _read_line(pacer, setup.timeout)
+        if line != "ready":
+            raise contenders.ContenderFailed(
+                f"pacer said {line!r} instead of 'ready':\n{pacer.tail()}"
+            )
+        probe.since = time.time()
+        pids = [p.pid for p in running]
+        u0 = procs.Usage.now(pids, setup.broker_pid)
+        w0 = procs.cpu_seconds(running[0].pid)
+        assert pacer.popen.stdin is not None
+        pacer.popen.stdin.write(b"go\n")
+        pacer.popen.stdin.flush()
+        paced = json.loads(await _read_line(pacer, seconds * 3 + 60))
+        u1 = procs.Usage.now(pids, setup.broker_pid)
+        w1 = procs.cpu_seconds(running[0].pid)
+        expected = WARMUP + paced["sent"] - paced["failed"]
+        await _wait_for(lambda: reader.stats.total >= expected, running[:1], 60.0, "outputs")
+    finally:
+        stop.set()
+        await live
+        stop_s = procs.stop_all(running)
+        await reader.stop()
+    usage = u1.since(u0)
+    return {
+        "ok": True,
+        "target_rate": rate,
+        "achieved_rate": paced["rate"],
+        "seconds": paced["seconds"],
+        "sent": paced["sent"],
+        "failed_sends": paced["failed"],
+        "outputs": reader.stats.total - WARMUP,
+        "worker_cores": (w1 - w0) / max(u1.at - u0.at, 1e-9),
+        "machine_busy_cores": usage["machine_busy_cores"],
+        "others_cores": usage["others_cores"],
+        **probe.summary(),
+        "shutdown_s": stop_s,
+        "killed_at_shutdown": [p.name for p in running if p.killed],
+    }
+
+
+async def _wait_for(
+    cond: Callable[[], bool], running: list[procs.Proc], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        contenders.check_alive(running)
+        if time.monotonic() > deadline:
+            raise contenders.ContenderFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _read_line(proc: procs.Proc, timeout: float) -> str:
+    assert proc.popen.stdout is not None
+    try:
+        raw = await asyncio.wait_for(asyncio.to_thread(proc.popen.stdout.readline), timeout)
+    except TimeoutError as exc:
+        raise contenders.ContenderFailed(f"{proc.name} said nothing for {timeout:.0f}s") from exc
+    if not raw:
+        raise contenders.ContenderFailed(f"{proc.name} ended early:\n{proc.tail()}")
+    return raw.decode().strip()
+
+
+def main() -> None:
+    from hitl_router.simulate import Simulator, message_key
+
+    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--rate", type=float, required=True, help="messages per second")
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--id-prefix", default="lat")
+    args = parser.parse_args()
+    count = max(1, int(args.rate * args.seconds))
+    sim = Simulator(seed=args.seed, flag_rate=0.01, malformed_rate=0.001, id_prefix=args.id_prefix)
+    messages = list(sim.messages(count))
+    keys = [message_key(m) for m in messages]
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
+    summary = asyncio.run(pace(args.bootstrap, args.topic, messages, keys, args.rate))
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

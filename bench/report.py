@@ -1,0 +1,358 @@
+"""Ratios, targets, the printed table and ``BENCHMARKS.md``, all from the results dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGETS = (
+    ("router_over_ceiling", ">=", 0.8, "router ≥ 0.8 × ceiling"),
+    ("router_over_peer", ">=", 3.0, "router ≥ 3 × peer"),
+    ("latency_p99_ms", "<=", 50.0, "p99 ≤ 50 ms at half the max rate"),
+)
+LABELS = {
+    "router": "router (1 worker)",
+    "ceiling": "ceiling: aiokafka pass-through",
+    "peer": "peer: hand-written kafka-python",
+}
+HEADERS = [
+    "contender",
+    "msgs/s",
+    "msgs/s p10–p90",
+    "outputs",
+    "span s",
+    "CPU µs/msg",
+    "its cores",
+    "broker CPU µs/msg",
+    "other load (cores)",
+]
+Result = dict[str, Any]
+
+
+def named(results: Result) -> list[tuple[str, Result]]:
+    """(label, result) of every contender in ``results``, scale-out runs included."""
+    keys = (*LABELS, "latency", "latency-ceiling")
+    out = [(LABELS.get(k, k), results[k]) for k in keys if k in results]
+    return out + [(f"router, {k} worker(s)", r) for k, r in (results.get("scale") or {}).items()]
+
+
+def derive(results: Result) -> None:
+    """Add ``ratios`` and ``targets`` (pass/fail) to ``results``."""
+
+    def rate(name: str) -> float | None:
+        r = results.get(name) or {}
+        return r.get("rate") if r.get("ok") else None
+
+    router, ceiling, peer = rate("router"), rate("ceiling"), rate("peer")
+    lat = results.get("latency") or {}
+    values = {
+        "router_over_ceiling": router / ceiling if router and ceiling else None,
+        "router_over_peer": router / peer if router and peer else None,
+        "latency_p99_ms": lat.get("receive_p99_ms") if lat.get("ok") else None,
+    }
+    results["ratios"] = {k: values[k] for k in ("router_over_ceiling", "router_over_peer")}
+    targets = []
+    for key, op, bound, text in TARGETS:
+        value = values[key]
+        ok = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        targets.append({"target": text, "metric": key, "value": value, "pass": ok})
+    results["targets"] = targets
+
+
+def _num(v: Any, fmt: str = ",.0f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def _verdict(t: Result) -> str:
+    return {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
+
+
+def _error(r: Result) -> str:
+    return (r.get("error") or "?").splitlines()[0]
+
+
+def one_line(res: Result) -> str:
+    if not res.get("ok"):
+        return f"FAILED: {_error(res)}"
+    if "rate" in res:
+        return (
+            f"{res['rate']:,.0f} msgs/s over {res['span_s']:.1f} s, {res['outputs']} outputs "
+            f"({res['duplicates']} duplicates), {res['cpu_us_per_msg']:.0f} µs CPU/msg"
+        )
+    return (
+        f"p50 {_num(res.get('receive_p50_ms'), '.1f')} ms, "
+        f"p99 {_num(res.get('receive_p99_ms'), '.1f')} ms, "
+        f"max {_num(res.get('receive_max_ms'), '.0f')} ms at {res['achieved_rate']:,.0f} msgs/s "
+        f"(target {res['target_rate']:,.0f})"
+    )
+
+
+def throughput_rows(results: Result) -> list[list[str]]:
+    rows = []
+    for label, r in named(results):
+        if "target_rate" in r:  # the latency run has its own table
+            continue
+        if not r.get("ok"):
+            rows.append([label, "FAILED", *[""] * (len(HEADERS) - 2)])
+            continue
+        rows.append(
+            [
+                label,
+                _num(r["rate"]),
+                _num(r.get("rate_p10_p90")),
+                f"{r['outputs']:,} ({r['duplicates']} dup)",
+                _num(r["span_s"], ".1f"),
+                _num(r["cpu_us_per_msg"]),
+                _num(r.get("procs_cores"), ".2f"),
+                _num(r.get("broker_cpu_us_per_msg")),
+                _num(r.get("others_cores"), ".2f"),
+            ]
+        )
+    return rows
+
+
+def table(results: Result) -> str:
+    """The plain-text summary printed at the end of a run."""
+    rows = [HEADERS, *throughput_rows(results)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    for key in ("latency", "latency-ceiling"):
+        if key in results:
+            lines.append(f"{key}: {one_line(results[key])}")
+    lines.append("")
+    for t in results.get("targets", []):
+        lines.append(f"{_verdict(t):4}  {t['target']}: {_num(t['value'], '.2f')}")
+    m = results.get("machine", {})
+    lines.append(
+        f"machine: {m.get('nproc')} CPUs ({m.get('cpu_model')}); "
+        f"run took {results.get('duration_s', 0):.0f} s"
+    )
+    return "\n".join(lines)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return out + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+def _md_header(results: Result) -> list[str]:
+    m, v, s = (results.get(k, {}) for k in ("machine", "versions", "source"))
+    w = results.get("workload", {})
+    dirty = " plus uncommitted changes in `hitl_router/`" if s.get(
+        "hitl_router_uncommitted_changes"
+    ) else ""  # fmt: skip
+    return [
+        "# Benchmarks",
+        "",
+        "This page is written by the benchmark from one run; re-run it to refresh it "
+        "(`make bench`, i.e. `.venv/bin/python -m bench.run $(BENCH_ARGS)`). Ratios compare "
+        "contenders measured in the same run, on the same broker, one after the other.",
+        "",
+        f"- **Command**: `{results.get('command')}`",
+        f"- **When**: {results.get('started_at')}; the whole run took "
+        f"{results.get('duration_s', 0):.0f} s",
+        f"- **Code measured**: commit `{s.get('commit')}`{dirty} "
+        f"(hash of `hitl_router/**/*.py`: `{s.get('hitl_router_sha256')}`)",
+        f"- **Machine**: {m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('mem_gib')} GiB, "
+        f"Linux {m.get('kernel')}. The broker, the contender and the load generator share "
+        "those CPUs, and the machine may be running other work (column *other load* shows how "
+        "much did): compare ratios within a run, not absolute numbers across runs.",
+        "- **Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        f"- **Workload**: {w.get('count', 0):,} predictions from `hitl_router.simulate` (the "
+        "digits committee: 10 classes, a 5-member ensemble, 5 features; ~1% flags, ~0.1% "
+        f"malformed: here {w.get('flagged', 0):,} flagged and {w.get('malformed', 0):,} "
+        f"malformed), {w.get('avg_message_bytes', 0):.0f} bytes on average, keyed by id, in "
+        f"one topic of {w.get('topic_partitions')} partitions (prefilled at "
+        f"{_num(w.get('prefill_rate'))} msgs/s with aiokafka).",
+        "",
+    ]
+
+
+def _md_targets(results: Result) -> list[str]:
+    rows = [[t["target"], _num(t["value"], ".2f"), _verdict(t)] for t in results["targets"]]
+    return [
+        "## Targets",
+        "",
+        *_md_table(["target", "measured", "verdict"], rows),
+        "Reported as measured; nothing was tuned to meet them.",
+        "",
+    ]
+
+
+def _md_latency(results: Result) -> list[str]:
+    headers = ["fed to", "input msgs/s (target)", "seconds", "outputs timed", "p50 ms", "p99 ms"]
+    headers += ["max ms", "p50 / p99 ms to CreateTime", "its cores", "other load (cores)"]
+    rows = []
+    for key, label in (("latency", "router (1 worker)"), ("latency-ceiling", "ceiling")):
+        lat = results.get(key)
+        if lat is None:
+            continue
+        if not lat.get("ok"):
+            rows.append([label, f"FAILED: {_error(lat)}", *[""] * (len(headers) - 2)])
+            continue
+        rows.append(
+            [
+                label,
+                f"{_num(lat['achieved_rate'])} ({_num(lat['target_rate'])})",
+                _num(lat["seconds"], ".1f"),
+                f"{lat.get('measured', 0):,}",
+                _num(lat.get("receive_p50_ms"), ".1f"),
+                _num(lat.get("receive_p99_ms"), ".1f"),
+                _num(lat.get("receive_max_ms"), ".1f"),
+                f"{_num(lat.get('produce_p50_ms'), '.1f')} / "
+                f"{_num(lat.get('produce_p99_ms'), '.1f')}",
+                _num(lat.get("worker_cores"), ".2f"),
+                _num(lat.get("others_cores"), ".2f"),
+            ]
+        )
+    return [
+        "### Latency at half the router's maximum rate",
+        "",
+        "The router, fed live at half the rate it reached above; the ceiling fed the same way "
+        "at the same rate, for comparison.",
+        "",
+        *_md_table(headers, rows),
+    ]
+
+
+def _md_scale(results: Result) -> list[str]:
+    m, p = results.get("machine", {}), results.get("params", {})
+    headers = ["workers", "msgs/s", "× 1 worker", "CPU µs/msg (all workers)", "group ready s"]
+    rows = []
+    scale = results["scale"]
+    base = (scale.get("1") or {}).get("rate")
+    for k, r in scale.items():
+        if not r.get("ok"):
+            rows.append([k, "FAILED", "", "", ""])
+            continue
+        rows.append(
+            [
+                k,
+                _num(r["rate"]),
+                _num(r["rate"] / base if base else None, ".2f"),
+                _num(r["cpu_us_per_msg"]),
+                _num(r.get("group_ready_after_s"), ".1f"),
+            ]
+        )
+    return [
+        "### Scale-out: worker processes in one consumer group",
+        "",
+        f"{p.get('partitions')} partitions; the {m.get('nproc')} CPUs are shared by the "
+        "workers, the broker and the driver writing the input (see *how measured*).",
+        "",
+        *_md_table(headers, rows),
+    ]
+
+
+def markdown(results: Result) -> str:
+    parts = _md_header(results)
+    parts += ["## Results", "", *_md_table(HEADERS, throughput_rows(results))]
+    ratios = results.get("ratios", {})
+    parts += [
+        f"router / ceiling = **{_num(ratios.get('router_over_ceiling'), '.2f')}**, "
+        f"router / peer = **{_num(ratios.get('router_over_peer'), '.2f')}**.",
+        "",
+    ]
+    if "latency" in results or "latency-ceiling" in results:
+        parts += _md_latency(results)
+    if results.get("scale"):
+        parts += _md_scale(results)
+    parts += _md_targets(results)
+    settings = [[f"`{k}`", f"`{v}`"] for k, v in results.get("worker_settings", {}).items()]
+    parts += [
+        "## Settings that matter",
+        "",
+        "Read at run time from the Faust app that `hitl_router.agents.app.build_app` makes for "
+        "the benchmark's config; the ceiling's aiokafka clients use the same values. "
+        "`consumer_fetch_max_wait_ms` is not a Faust setting (Faust's aiokafka driver "
+        "hard-codes 1500): the worker's consumer sets it from `worker.fetch_max_wait_ms`.",
+        "",
+        *_md_table(["setting", "value"], settings),
+        HOW_MEASURED,
+    ]
+    analysis = Path(__file__).with_name("ANALYSIS.md")
+    if analysis.exists():  # the hand-written part: profiles and design notes
+        parts += ["", analysis.read_text(encoding="utf-8")]
+    failed = [(label, r) for label, r in named(results) if not r.get("ok")]
+    if failed:
+        parts += ["## Failures", ""] + [f"- **{label}**: {_error(r)}" for label, r in failed]
+        parts.append("")
+    return "\n".join(parts)
+
+
+HOW_MEASURED = """## How measured
+
+- **One run, one broker.** `bench.run` starts a dedicated single-node Kafka (KRaft, own
+  ports, own directory, stopped at the end) unless `--bootstrap` is given, generates the
+  workload with `hitl_router.simulate.Simulator` and prefills one topic. Each contender
+  then reads that same topic from the earliest offset with its own fresh consumer group and
+  writes to its own fresh output topics; contenders run one after the other, never together.
+- **Contenders are subprocesses**, started the same way and stopped (SIGTERM, then SIGKILL
+  after 20 s) when done, on failure, on Ctrl-C, or after `--timeout` (600 s), which counts
+  as a failure:
+  - *router*: `python -m hitl_router.cli worker -c CONFIG --metrics-port P --loglevel
+    warning`, both agents (router and sampler) in one worker, with `topics.accepted` set so
+    that every input gives exactly one output (eval, review, accepted or dead letter);
+  - *ceiling* (`bench/ceiling.py`): aiokafka `getmany(max_records=batch_size)` →
+    `AIOKafkaProducer.send` per message → await the batch's futures → commit per batch, the
+    same bytes to one topic, with the worker's client settings (table above);
+  - *peer* (`bench/peer.py`): what a team would write by hand — kafka-python
+    `KafkaConsumer`/`KafkaProducer` with their defaults, `json.loads`, the scores and the
+    same three queues plus a 2% eval draw (BLAKE2b of the id) in plain Python, try/except
+    per message with a dead-letter topic, one `json.dumps` output per input.
+- **Throughput** = N / (t_last − t_first), where t are the **CreateTime stamps of the
+  output records** (set by each contender's producer when it sends), read back after the
+  run from every output partition. The run polls the output topics' end offsets until one
+  output per input exists, then reads them all and checks that the distinct ids (plus
+  unkeyed dead letters) number N. *msgs/s p10–p90* is the rate between the 10th and the
+  90th percentile output, leaving out start-up and tail effects. Process start-up (start to
+  first output) is excluded from both.
+- **CPU µs/msg** is the user+system CPU time of the contender's processes (and of the
+  broker) from `/proc/<pid>/stat`, between the first poll that saw an output and the one
+  that saw the N-th, divided by the outputs written in between. It is less sensitive to
+  the machine's noise than msgs/s. *Its cores* is the same CPU time per second of that
+  window: well under 1.0 per process means the contender spent time waiting, not
+  computing.
+- **Other load** is the machine's busy CPU over the same window (from `/proc/stat`, in
+  cores) minus what the contender, the broker and the benchmark's driver used: other work
+  on the machine that competed with the measurement. (With `--bootstrap` the broker's CPU
+  is unknown and counts as other load.)
+- **Latency**: a fresh router worker on a fresh, empty topic; once its group is assigned and
+  a warm-up of 500 messages went through, `bench/latency.py` sends pre-generated
+  predictions at half the router's measured rate for `--latency-seconds` (20 s), rewriting
+  each message's `ts` to the time of its send. An in-process consumer reads every output
+  topic as records arrive and records receive time − `prediction.ts` (for dead letters, the
+  `ts` inside `raw` when it has one) → p50, p99, max. The same percentiles to the outputs'
+  CreateTime leave out the reading consumer's own delay.
+- **Scale-out**: the router with 1, 2, 3 worker processes in one fresh consumer group, each
+  setting on a fresh topic with the same partitions. The workers are started on the empty
+  topic; once every one of them holds partitions, the driver writes the same N messages
+  into it as fast as aiokafka goes (faster than the workers read, so they always have a
+  backlog), and the outputs are measured as above. Started on the full topic instead, the
+  first worker to join takes every partition and the others' arrival forces a rebalance
+  mid-run, which measures the rebalance rather than the workers.
+"""
+
+
+def main() -> None:
+    """``python -m bench.report [RESULTS.json [OUT.md]]``: rewrite the Markdown report from
+    saved results (e.g. after editing this module), without re-running anything."""
+    import json
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else repo / "bench" / "results" / "latest.json"
+    out = Path(sys.argv[2]) if len(sys.argv) > 2 else repo / "BENCHMARKS.md"
+    out.write_text(markdown(json.loads(src.read_text())))
+    print(f"wrote {out} from {src}")
+
+
+if __name__ == "__main__":
+    main()

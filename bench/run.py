@@ -1,0 +1,283 @@
+"""``python -m bench.run`` (``make bench``): the whole benchmark in one run.
+
+Starts a dedicated local Kafka (or uses ``--bootstrap``), prefills a topic with ``--count``
+simulated predictions, measures the contenders one after the other, prints a table and,
+after a complete run, writes ``bench/results/latest.json`` and ``BENCHMARKS.md`` (a
+``--quick`` or ``--skip`` run writes ``bench/results/partial.json`` only). Subprocesses and
+the broker are stopped at the end, on failure and on Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import contenders, environment, latency, procs, report
+from bench.contenders import ContenderFailed, Setup
+from bench.kafka_io import Admin, free_port, prefill
+
+log = logging.getLogger("bench")
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "latest.json"  # of a complete run
+PARTIAL = REPO / "bench" / "results" / "partial.json"  # of --quick or --skip runs
+MARKDOWN = REPO / "BENCHMARKS.md"
+CONTENDERS = ("router", "ceiling", "peer", "latency", "latency-ceiling", "scale")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    p.add_argument("--count", type=int, default=None, help="prefilled messages (200000)")
+    p.add_argument("--partitions", type=int, default=6, help="partitions (default: 6)")
+    p.add_argument("--bootstrap", help="use this Kafka instead of starting a dedicated one")
+    p.add_argument(
+        "--skip",
+        default="",
+        help=f"comma-separated contenders to skip: {','.join(CONTENDERS)}",
+    )
+    p.add_argument(
+        "--latency-seconds", type=float, default=None, help="paced run length (default: 20)"
+    )
+    p.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="input rate of the latency run (default: half the router's measured rate)",
+    )
+    p.add_argument("--workers", default="1,2,3", help="worker counts of the scale-out runs")
+    p.add_argument("--quick", action="store_true", help="smoke run: count 20000, latency 5 s")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="per contender, seconds (default: 600)"
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="JSON results file (default: bench/results/latest.json, or partial.json after "
+        "--quick or --skip)",
+    )
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="write this Markdown report (default: BENCHMARKS.md after a complete full run)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory and logs")
+    args = p.parse_args(argv)
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = args.skip - set(CONTENDERS)
+    if unknown:
+        p.error(f"--skip: unknown contender(s) {sorted(unknown)}; known: {', '.join(CONTENDERS)}")
+    try:
+        args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        p.error(f"--workers: comma-separated integers expected, got {args.workers!r}")
+    if any(w < 1 for w in args.workers):
+        p.error("--workers: each count must be >= 1")
+    if args.count is None:
+        args.count = 20_000 if args.quick else 200_000
+    if args.latency_seconds is None:
+        args.latency_seconds = 5.0 if args.quick else 20.0
+    if args.count < 1000 or args.partitions < 1 or args.latency_seconds <= 0:
+        p.error("--count must be >= 1000, --partitions >= 1, --latency-seconds > 0")
+    return args
+
+
+def workload(count: int, tag: str) -> tuple[list[bytes], list[bytes | None], dict[str, Any]]:
+    """The prefilled messages, their keys, and a description."""
+    from hitl_router.simulate import Simulator, message_key
+
+    t0 = time.perf_counter()
+    sim = Simulator(seed=1, flag_rate=0.01, malformed_rate=0.001, id_prefix=f"b{tag}")
+    tagged = list(sim.tagged_messages(count))
+    messages = [m for _, m in tagged]
+    keys = [message_key(m) for m in messages]
+    return (
+        messages,
+        keys,
+        {
+            "count": count,
+            "avg_message_bytes": sum(map(len, messages)) / len(messages),
+            "malformed": sum(1 for kind, _ in tagged if kind is not None),
+            "flagged": sum(1 for _, m in tagged if b'"flags":' in m),
+            "generate_s": time.perf_counter() - t0,
+        },
+    )
+
+
+async def run_all(args: argparse.Namespace, setup: Setup, results: dict[str, Any]) -> None:
+    from bench.ceiling import worker_client_settings
+    from hitl_router.router.config import parse_config
+
+    cfg = parse_config(contenders.router_config(setup, "settings"))
+    results["worker_settings"] = worker_client_settings(cfg)
+    await asyncio.to_thread(setup.admin.create_topics, [setup.input_topic], setup.partitions)
+    rate = await prefill(
+        setup.bootstrap, setup.input_topic, setup.messages, setup.keys, setup.partitions
+    )
+    results["workload"]["prefill_rate"] = rate
+    log.info("prefilled %d messages in %s (%.0f msgs/s)", setup.count, setup.input_topic, rate)
+
+    async def attempt(name: str, coro: Any) -> dict[str, Any]:
+        if procs.INTERRUPTED.is_set():
+            raise KeyboardInterrupt
+        log.info("measuring %s ...", name)
+        try:
+            res = await coro
+        except (ContenderFailed, TimeoutError) as exc:
+            log.error("%s failed: %s", name, exc)
+            res = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug or a broker error: report it, go on with the others
+            log.exception("%s failed", name)
+            res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if procs.INTERRUPTED.is_set():
+            raise KeyboardInterrupt
+        log.info("%s: %s", name, report.one_line(res))
+        return res
+
+    if "router" not in args.skip:
+        results["router"] = await attempt("router", contenders.router(setup))
+    if "ceiling" not in args.skip:
+        results["ceiling"] = await attempt("ceiling", contenders.ceiling(setup))
+    if "peer" not in args.skip:
+        results["peer"] = await attempt("peer", contenders.peer(setup))
+    router_rate = (results.get("router") or {}).get("rate")
+    lat_rate = args.latency_rate or (router_rate / 2 if router_rate else None)
+    for of, key in (("router", "latency"), ("ceiling", "latency-ceiling")):
+        if key in args.skip:
+            continue
+        if lat_rate is None:
+            results[key] = {"ok": False, "error": "no router rate: pass --latency-rate"}
+        else:
+            coro = latency.measure(setup, lat_rate, args.latency_seconds, of=of)
+            results[key] = await attempt(f"{of} latency", coro)
+    if "scale" not in args.skip:
+        results["scale"] = {}
+        for k in args.workers:
+            coro = contenders.scale(setup, k)
+            results["scale"][str(k)] = await attempt(f"router x{k} workers", coro)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM: remember it (wait loops check, in case a library swallows the
+    exception) and raise KeyboardInterrupt; the ``finally`` of ``main`` stops everything."""
+    if procs.INTERRUPTED.is_set():
+        return  # already stopping: let the cleanup finish
+    procs.INTERRUPTED.set()
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("aiokafka", "kafka", "hitl_router.localkafka"):
+        # aiokafka logs retried errors (e.g. no leader yet for a new topic) as ERROR
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # not asyncio's: it only cancels a task
+    started = time.time()
+    tag = f"{int(started) % 1_000_000:06d}{os.getpid() % 100:02d}"
+    tmp = Path(tempfile.mkdtemp(prefix="hitl-bench-"))
+    results: dict[str, Any] = {
+        "command": environment.command_line(),
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "params": {
+            "count": args.count,
+            "partitions": args.partitions,
+            "latency_seconds": args.latency_seconds,
+            "latency_rate": args.latency_rate,
+            "workers": args.workers,
+            "skip": sorted(args.skip),
+            "timeout_s": args.timeout,
+            "broker": "external" if args.bootstrap else "dedicated",
+        },
+        "machine": environment.machine(),
+        "versions": environment.versions(external=bool(args.bootstrap)),
+        "source": environment.source_state(),
+    }
+    broker = None
+    admin = None
+    code = 0
+    try:
+        if args.bootstrap:
+            bootstrap, broker_pid = args.bootstrap, None
+        else:
+            from hitl_router.localkafka.broker import LocalKafka
+
+            broker = LocalKafka(
+                port=free_port(), controller_port=free_port(), run_dir=tmp / "kafka"
+            )
+            log.info("starting a dedicated Kafka at %s", broker.bootstrap)
+            broker.start(timeout=120)
+            bootstrap, broker_pid = broker.bootstrap, broker.pid()
+        admin = Admin(bootstrap)
+        messages, keys, results["workload"] = workload(args.count, tag)
+        results["workload"]["topic_partitions"] = args.partitions
+        setup = Setup(
+            bootstrap=bootstrap,
+            input_topic=f"bench-predictions-{tag}",
+            messages=messages,
+            keys=keys,
+            partitions=args.partitions,
+            tag=tag,
+            tmp=tmp,
+            admin=admin,
+            timeout=args.timeout,
+            broker_pid=broker_pid,
+        )
+        asyncio.run(run_all(args, setup, results))
+    except KeyboardInterrupt:
+        log.error("interrupted; stopping everything")
+        results["interrupted"] = True
+        code = 130
+    finally:
+        procs.stop_all()
+        if admin is not None:
+            if args.bootstrap:
+                try:
+                    gone = admin.delete_topics_containing(tag)
+                    log.info("deleted the run's %d topics from %s", len(gone), args.bootstrap)
+                except Exception as exc:  # cleanup is best effort; the results still count
+                    log.warning("could not delete the run's topics (tag %s): %s", tag, exc)
+            admin.close()
+        if broker is not None:
+            broker.stop()
+        if args.keep:
+            log.info("scratch directory kept: %s", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    results["duration_s"] = time.time() - started
+    report.derive(results)
+    print(report.table(results))
+    if code == 130:
+        print("interrupted: no results written")
+        return code
+    complete = not args.quick and not args.skip
+    path = args.results or (RESULTS if complete else PARTIAL)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"results: {path}")
+    markdown = args.markdown or (MARKDOWN if complete else None)
+    if markdown is not None:
+        markdown.write_text(report.markdown(results))
+        print(f"report:  {markdown}")
+    if code == 0 and not all(r.get("ok") for _, r in report.named(results)):
+        code = 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
