@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -129,12 +130,45 @@ class RouterMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=registry,
         )
+        self.drift_score = Gauge(
+            "hitl_drift_score",
+            "Drift score of the last complete window, per model, feature and method.",
+            ["model", "feature", "method"],
+            registry=registry,
+        )
+        self.drift_threshold = Gauge(
+            "hitl_drift_threshold",
+            "Threshold the drift score is compared with (calibrated on the pool).",
+            ["model", "feature", "method"],
+            registry=registry,
+        )
+        self.drift_detected = Gauge(
+            "hitl_drift_detected",
+            "1 when the last complete window's score is above its threshold.",
+            ["model", "feature", "method"],
+            registry=registry,
+        )
+        self.drift_window_drifted = Gauge(
+            "hitl_drift_window_drifted",
+            "1 when the last complete window of the model is drifted (the window verdict).",
+            ["model"],
+            registry=registry,
+        )
         self.agent_errors = Counter(
             "hitl_agent_errors",
             "Batches whose processing raised and was retried per message.",
             ["agent"],
             registry=registry,
         )
+
+    def observe_drift(self, reports: Sequence[Any]) -> None:
+        """Export each drift report: score, threshold and whether that test fired."""
+        for r in reports:
+            labels = (self.model_label(r.model), r.feature, r.method)
+            self.drift_score.labels(*labels).set(r.score)
+            self.drift_threshold.labels(*labels).set(r.threshold)
+            self.drift_detected.labels(*labels).set(1.0 if r.drifted else 0.0)
+            self.drift_window_drifted.labels(labels[0]).set(1.0 if r.window_drifted else 0.0)
 
     def model_label(self, model: str) -> str:
         if model in self._models:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 from prometheus_client import CollectorRegistry
 
 from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
@@ -40,7 +41,12 @@ from hitl_router.router.validation import parse_batch
 
 log = logging.getLogger(__name__)
 
-AGENTS = ("router", "sampler")
+AGENTS = ("router", "sampler", "drift")
+
+
+def default_agents(config: Config) -> tuple[str, ...]:
+    """What ``--agents all`` runs: router and sampler, and drift when a profile is set."""
+    return ("router", "sampler", "drift") if config.drift.profile else ("router", "sampler")
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -55,7 +61,7 @@ def group_id(config: Config, agents: Sequence[str]) -> str:
     every partition, so they cannot share one group.
     """
     chosen = sorted(set(agents))
-    if chosen == sorted(AGENTS):
+    if chosen == sorted(default_agents(config)):
         return config.kafka.group_id
     return "-".join([config.kafka.group_id, *chosen])
 
@@ -83,11 +89,13 @@ class RouterApp(faust.App):
 def build_app(
     config: Config,
     *,
-    agents: Sequence[str] = AGENTS,
+    agents: Sequence[str] | None = None,
     registry: CollectorRegistry | None = None,
     web_port: int | None = None,
 ) -> faust.App:
-    """A Faust app running ``agents`` for ``config``, serving ``/metrics``."""
+    """A Faust app running ``agents`` (default: :func:`default_agents`) for ``config``,
+    serving ``/metrics``."""
+    agents = default_agents(config) if agents is None else agents
     registry = registry if registry is not None else CollectorRegistry()
     app_id = group_id(config, agents)
     app = RouterApp(
@@ -164,6 +172,32 @@ def build_app(
                 finally:
                     batch.finish(deliveries)
 
+    if "drift" in agents:
+        from hitl_router.profile import drift_monitor
+
+        monitor = drift_monitor(config)  # a missing or bad profile stops the start
+        drift_channel = app.channel()
+        channels.append(drift_channel)
+        reports_topic = config.topics.drift_reports
+
+        @app.agent(drift_channel, name="drift")
+        async def drift_agent(stream: faust.StreamT) -> None:
+            async for batch in stream:
+                deliveries: list[Awaitable[Any]] = []
+                try:
+                    docs = _decide(batch, policy, metrics, "drift", rules=False).docs
+                    try:
+                        reports = monitor.update(docs)
+                    except Exception:
+                        log.exception("drift: a batch of %d could not be judged", len(docs))
+                        metrics.agent_errors.labels("drift").inc()
+                        reports = []
+                    if reports:
+                        metrics.observe_drift(reports)
+                        deliveries = publish([_report_output(reports_topic, r) for r in reports])
+                finally:
+                    batch.finish(deliveries)
+
     async def fan_out(batch: Batch) -> None:
         for channel in channels:
             await channel.send(value=batch)
@@ -171,6 +205,13 @@ def build_app(
     app.batch_topics = {config.topics.predictions: (len(channels), fan_out)}
     app.fetch_max_wait_ms = config.worker.fetch_max_wait_ms
     return app
+
+
+def _report_output(topic: str, report: Any) -> Output:
+    """One ``drift.reports`` message, keyed by model/feature/method (compaction keeps the
+    latest window of each)."""
+    key = f"{report.model}/{report.feature}/{report.method}".encode()
+    return Output(topic, key, orjson.dumps(report.as_dict()))
 
 
 def _unpack(batch: Batch) -> tuple[list[bytes], list[Source], list[float]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import faust
 
-from hitl_router.agents.app import AGENTS, build_app, group_id
+from hitl_router.agents.app import AGENTS, build_app, default_agents, group_id
 from hitl_router.agents.topics import ensure_topics
 from hitl_router.errors import ConfigError
 from hitl_router.router.config import Config
@@ -36,7 +36,7 @@ def run_worker(
     """Run until stopped (SIGINT/SIGTERM); returns the process exit code."""
     chosen = set(agents)
     if "all" in chosen:
-        chosen = set(AGENTS)
+        chosen = set(default_agents(config))
     unknown = chosen - set(AGENTS)
     if unknown or not chosen:
         raise ConfigError(

@@ -47,6 +47,7 @@ class TopicsConfig:
     deadletter: str = "predictions.deadletter"
     labels: str = "review.labels"
     accepted: str | None = None
+    drift_reports: str = "drift.reports"
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class Config:
 
     def output_topics(self) -> list[str]:
         extra = [self.topics.accepted] if self.topics.accepted else []
+        if self.drift.profile:
+            extra.append(self.topics.drift_reports)
         return [self.topics.eval, self.topics.deadletter, *self.review_topics(), *extra]
 
     def describe(self) -> dict[str, Any]:
