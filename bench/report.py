@@ -74,6 +74,11 @@ def _error(r: Result) -> str:
 def one_line(res: Result) -> str:
     if not res.get("ok"):
         return f"FAILED: {_error(res)}"
+    if "drift_us" in res:
+        return (
+            f"decide {res['decide_us']:.1f} µs/prediction, drift {res['drift_us']:.1f} "
+            f"µs/prediction ({res['drift_over_decide']:.0%})"
+        )
     if "rate" in res:
         return (
             f"{res['rate']:,.0f} msgs/s over {res['span_s']:.1f} s, {res['outputs']} outputs "
@@ -174,6 +179,42 @@ def _md_header(results: Result) -> list[str]:
     ]
 
 
+def _md_drift(results: Result) -> list[str]:
+    res = results.get("drift_cost")
+    if not res:
+        return []
+    if not res.get("ok"):
+        return ["### Drift cost", "", f"FAILED: {_error(res)}", ""]
+    return [
+        "### Drift cost per prediction",
+        "",
+        "CPU time (`process_time`, best of 3) over the same batches, no broker "
+        "(`bench/drift_cost.py`): the routing decision (`decide_batch`) and the drift "
+        f"monitor (`DriftMonitor.update`, windows of {res['window']}, 5 input features plus "
+        "`max_prob` and the predicted class, profile built from a separate pool).",
+        "",
+        *_md_table(
+            [
+                "predictions",
+                "decide µs/prediction",
+                "drift µs/prediction",
+                "drift / decide",
+                "reports",
+            ],
+            [
+                [
+                    f"{res['predictions']:,}",
+                    _num(res["decide_us"], ".1f"),
+                    _num(res["drift_us"], ".1f"),
+                    f"{res['drift_over_decide']:.0%}",
+                    f"{res['reports']:,}",
+                ]
+            ],
+        ),
+        "",
+    ]
+
+
 def _md_targets(results: Result) -> list[str]:
     rows = [[t["target"], _num(t["value"], ".2f"), _verdict(t)] for t in results["targets"]]
     return [
@@ -263,6 +304,7 @@ def markdown(results: Result) -> str:
         parts += _md_latency(results)
     if results.get("scale"):
         parts += _md_scale(results)
+    parts += _md_drift(results)
     parts += _md_targets(results)
     settings = [[f"`{k}`", f"`{v}`"] for k, v in results.get("worker_settings", {}).items()]
     parts += [

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "latest.json"  # of a complete run
 PARTIAL = REPO / "bench" / "results" / "partial.json"  # of --quick or --skip runs
 MARKDOWN = REPO / "BENCHMARKS.md"
-CONTENDERS = ("router", "ceiling", "peer", "latency", "latency-ceiling", "scale")
+CONTENDERS = ("router", "ceiling", "peer", "latency", "latency-ceiling", "scale", "drift")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -168,6 +168,11 @@ async def run_all(args: argparse.Namespace, setup: Setup, results: dict[str, Any
         for k in args.workers:
             coro = contenders.scale(setup, k)
             results["scale"][str(k)] = await attempt(f"router x{k} workers", coro)
+    if "drift" not in args.skip:
+        from bench import drift_cost
+
+        coro = asyncio.to_thread(drift_cost.measure, setup.messages)
+        results["drift_cost"] = await attempt("drift cost", coro)
 
 
 def _interrupt(signum: int, frame: object) -> None:

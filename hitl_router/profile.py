@@ -19,7 +19,8 @@ import orjson
 from hitl_router.errors import InputError
 from hitl_router.router.config import Config, LimitsConfig
 from hitl_router.router.drift import DriftMonitor
-from hitl_router.router.drift_profile import DriftProfile, build_profile, load_profile, save_profile
+from hitl_router.router.drift_pool import build_profile
+from hitl_router.router.drift_profile import DriftProfile, load_profile, save_profile
 from hitl_router.router.validation import parse_batch
 
 BATCH = 1000

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,6 @@ def build_app(
     app.topics.add(
         app.topic(config.topics.predictions, value_serializer="raw", key_serializer="raw")
     )
-    channels = []
-
     publisher: list[BatchPublisher] = []
 
     def publish(outputs: list[Output]) -> list[Awaitable[Any]]:
@@ -140,63 +138,48 @@ def build_app(
             return []
         return [asyncio.ensure_future(publisher[0].deliver(outputs))]
 
-    if "router" in agents:
-        router_channel = app.channel()
-        channels.append(router_channel)
+    def route(batch: Batch) -> list[Awaitable[Any]]:
+        decided = _decide(batch, policy, metrics, "router", rules=True)
+        raws, sources, times = _unpack(batch)
+        now = time.time()
+        deliveries = publish(router_outputs(decided, raws, sources, now))
+        metrics.observe_router(decided, _prediction_times(decided, times), now)
+        return deliveries
 
-        @app.agent(router_channel, name="router")
-        async def router_agent(stream: faust.StreamT) -> None:
-            async for batch in stream:
-                deliveries: list[Awaitable[Any]] = []
-                try:
-                    decided = _decide(batch, policy, metrics, "router", rules=True)
-                    raws, sources, times = _unpack(batch)
-                    now = time.time()
-                    deliveries = publish(router_outputs(decided, raws, sources, now))
-                    metrics.observe_router(decided, _prediction_times(decided, times), now)
-                finally:
-                    batch.finish(deliveries)
+    def sample(batch: Batch) -> list[Awaitable[Any]]:
+        decided = _decide(batch, policy, metrics, "sampler", rules=False)
+        deliveries = publish(eval_outputs(decided, time.time()))
+        metrics.observe_sampler(decided)
+        return deliveries
 
-    if "sampler" in agents:
-        sampler_channel = app.channel()
-        channels.append(sampler_channel)
-
-        @app.agent(sampler_channel, name="sampler")
-        async def sampler_agent(stream: faust.StreamT) -> None:
-            async for batch in stream:
-                deliveries: list[Awaitable[Any]] = []
-                try:
-                    decided = _decide(batch, policy, metrics, "sampler", rules=False)
-                    deliveries = publish(eval_outputs(decided, time.time()))
-                    metrics.observe_sampler(decided)
-                finally:
-                    batch.finish(deliveries)
-
+    handlers: dict[str, Callable[[Batch], list[Awaitable[Any]]]] = {
+        "router": route,
+        "sampler": sample,
+    }
     if "drift" in agents:
         from hitl_router.profile import drift_monitor
 
         monitor = drift_monitor(config)  # a missing or bad profile stops the start
-        drift_channel = app.channel()
-        channels.append(drift_channel)
         reports_topic = config.topics.drift_reports
 
-        @app.agent(drift_channel, name="drift")
-        async def drift_agent(stream: faust.StreamT) -> None:
-            async for batch in stream:
-                deliveries: list[Awaitable[Any]] = []
-                try:
-                    docs = _decide(batch, policy, metrics, "drift", rules=False).docs
-                    try:
-                        reports = monitor.update(docs)
-                    except Exception:
-                        log.exception("drift: a batch of %d could not be judged", len(docs))
-                        metrics.agent_errors.labels("drift").inc()
-                        reports = []
-                    if reports:
-                        metrics.observe_drift(reports)
-                        deliveries = publish([_report_output(reports_topic, r) for r in reports])
-                finally:
-                    batch.finish(deliveries)
+        def judge(batch: Batch) -> list[Awaitable[Any]]:
+            docs = _decide(batch, policy, metrics, "drift", rules=False).docs
+            try:
+                reports = monitor.update(docs)
+            except Exception:
+                log.exception("drift: a batch of %d could not be judged", len(docs))
+                metrics.agent_errors.labels("drift").inc()
+                return []
+            metrics.observe_drift(reports)
+            return publish([_report_output(reports_topic, r) for r in reports])
+
+        handlers["drift"] = judge
+    channels = []
+    for name in AGENTS:
+        if name in agents:
+            channel = app.channel()
+            channels.append(channel)
+            app.agent(channel, name=name)(_batch_agent(handlers[name]))
 
     async def fan_out(batch: Batch) -> None:
         for channel in channels:
@@ -205,6 +188,23 @@ def build_app(
     app.batch_topics = {config.topics.predictions: (len(channels), fan_out)}
     app.fetch_max_wait_ms = config.worker.fetch_max_wait_ms
     return app
+
+
+def _batch_agent(
+    handle: Callable[[Batch], list[Awaitable[Any]]],
+) -> Callable[[faust.StreamT], Awaitable[None]]:
+    """An agent body: each batch is handled, then marked finished with the deliveries of
+    its outputs — also when handling raised, so the batch is never waited on forever."""
+
+    async def agent(stream: faust.StreamT) -> None:
+        async for batch in stream:
+            deliveries: list[Awaitable[Any]] = []
+            try:
+                deliveries = handle(batch)
+            finally:
+                batch.finish(deliveries)
+
+    return agent
 
 
 def _report_output(topic: str, report: Any) -> Output:

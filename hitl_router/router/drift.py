@@ -16,7 +16,7 @@ feature uses the window's predictions that have the feature with the profiled ty
 a feature no prediction of the window has is not reported for it.
 
 >>> import numpy as np
->>> from hitl_router.router.drift_profile import build_profile
+>>> from hitl_router.router.drift_pool import build_profile
 >>> rng = np.random.default_rng(0)
 >>> def docs(prefix, values):
 ...     return [{"id": f"{prefix}{i}", "model": "m", "probs": [0.8, 0.2],
@@ -46,14 +46,13 @@ from typing import Any
 import numpy as np
 
 from hitl_router.errors import ConfigError
-from hitl_router.router.drift_profile import (
+from hitl_router.router.drift_profile import DriftProfile, ModelProfile
+from hitl_router.router.drift_reference import (
     MAX_PROB,
     METHODS,
     PREDICTED_CLASS,
     VOTING,
     CategoricalReference,
-    DriftProfile,
-    ModelProfile,
     calibrate,
 )
 

@@ -121,53 +121,63 @@ def cli(
     )
 
 
-@contextlib.contextmanager
-def running_worker(
-    config_path: Path, metrics_port: int, *extra: str, log: Path | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``hitl-router worker`` subprocess, ready when its /metrics answers."""
-    log = log or config_path.with_suffix(".log")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
+def start_worker(cfg_path: Path, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A ``hitl-router worker`` subprocess writing its output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "hitl_router.cli",
                 "worker",
                 "-c",
-                str(config_path),
+                str(cfg_path),
                 "--metrics-port",
-                str(metrics_port),
+                str(port),
                 *extra,
             ],
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def wait_metrics(
+    proc: subprocess.Popen[bytes], port: int, timeout: float = 60, log: Path | None = None
+) -> None:
+    """Until the worker's /metrics answers (it fails if the worker exits first)."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            raise AssertionError(f"worker exited {proc.returncode}:\n{tail}")
         try:
-            deadline = time.time() + 60
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(
-                        f"worker exited {proc.returncode}:\n"
-                        + log.read_text(errors="replace")[-3000:]
-                    )
-                try:
-                    scrape(metrics_port)
-                    break
-                except OSError:
-                    if time.time() > deadline:
-                        raise
-                    time.sleep(0.3)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            scrape(port)
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def running_worker(
+    config_path: Path, metrics_port: int, *extra: str, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``hitl-router worker`` subprocess, ready when its /metrics answers."""
+    log = log or config_path.with_suffix(".log")
+    proc = start_worker(config_path, metrics_port, log, *extra)
+    try:
+        wait_metrics(proc, metrics_port, log=log)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -18,41 +17,19 @@ import orjson
 import pytest
 
 from hitl_router.simulate import Simulator
-from tests.conftest import REPO, free_port
-from tests.integration.helpers import cli, drain, produce, scrape, total, write_config
+from tests.conftest import free_port
+from tests.integration.helpers import (
+    cli,
+    drain,
+    produce,
+    scrape,
+    start_worker,
+    total,
+    wait_metrics,
+    write_config,
+)
 
 pytestmark = pytest.mark.kafka
-
-
-def start_worker(cfg_path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hitl_router.cli",
-                "worker",
-                "-c",
-                str(cfg_path),
-                "--metrics-port",
-                str(port),
-            ],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_metrics(proc: subprocess.Popen[bytes], port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while True:
-        assert proc.poll() is None, f"worker exited with {proc.returncode}"
-        try:
-            scrape(port)
-            return
-        except OSError:
-            assert time.time() < deadline, "worker /metrics did not answer"
-            time.sleep(0.3)
 
 
 def wait_members(bootstrap: str, group: str, n: int, timeout: float = 90) -> None:

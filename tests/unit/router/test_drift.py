@@ -25,7 +25,9 @@ from scipy.spatial.distance import jensenshannon
 from hitl_router.errors import ConfigError, InputError
 from hitl_router.router.config import parse_config
 from hitl_router.router.drift import DriftMonitor, DriftReport, threshold_overrides
-from hitl_router.router.drift_profile import (
+from hitl_router.router.drift_pool import build_profile
+from hitl_router.router.drift_profile import load_profile, profile_from_dict, save_profile
+from hitl_router.router.drift_reference import (
     KNOTS,
     MAX_PROB,
     PREDICTED_CLASS,
@@ -34,11 +36,7 @@ from hitl_router.router.drift_profile import (
     VOTING,
     CategoricalReference,
     NumericReference,
-    build_profile,
     calibrate,
-    load_profile,
-    profile_from_dict,
-    save_profile,
 )
 from hitl_router.simulate import Simulator
 
