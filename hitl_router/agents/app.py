@@ -1,9 +1,10 @@
-"""The Faust app: two thin agents over the raw bytes of the predictions topic.
+"""The Faust app: thin agents over the raw bytes of the predictions topic.
 
 - ``router``: decide → publish review items, accepted items, dead letters.
 - ``sampler``: draw the eval sample → publish eval samples.
+- ``drift`` (with a profile): windows per model → ``drift.reports`` and gauges.
 
-Both call the decision path of :mod:`hitl_router.router.decision`; the draw is a
+All share one parse of each batch (:mod:`hitl_router.router.decision`); the draw is a
 function of ``(salt, id)`` only, so the router excludes exactly what the sampler
 takes without talking to it. Messages reach the agents a fetch at a time through
 :class:`~hitl_router.agents.batching.BatchingConsumer`; they are acked only after
