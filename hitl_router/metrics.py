@@ -17,7 +17,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from hitl_router.router.decision import DEADLETTER, EVAL, FATES, BatchDecisions
-from hitl_router.router.rules import fired_leaves
 
 OTHER_MODEL = "other"
 LATENCY_BUCKETS = (
@@ -215,7 +214,7 @@ class RouterMetrics:
                 continue
             fired: dict[str, int] = {}
             for i in rows:
-                for leaf in fired_leaves(queue.when, int(i), batch.memo):
+                for leaf in batch.fired(q, int(i)):
                     fired[leaf.rule] = fired.get(leaf.rule, 0) + 1
             for rule, c in fired.items():
                 self.rule_fired.labels(queue.name, rule).inc(c)

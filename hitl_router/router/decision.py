@@ -16,7 +16,7 @@ score → evaluate rules (first matching queue wins) on what is left.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from hitl_router.router.config import Config, QueueConfig
 from hitl_router.router.eval_sampler import EvalSampler
-from hitl_router.router.rules import BatchContext, evaluate, fired_leaves
+from hitl_router.router.rules import BatchContext, Leaf, evaluate, fired_leaves
 from hitl_router.router.uncertainty import (
     SCORE_NAMES,
     apply_temperature,
@@ -60,6 +60,7 @@ class BatchDecisions:
     matched: np.ndarray  # bool (Q, n): which queues' rules hold
     memo: dict[int, np.ndarray]  # node values, for tracing reasons
     raws: Sequence[bytes | None]  # the messages as received
+    _fired: dict[tuple[int, int], list[Leaf]] = field(default_factory=dict, init=False)
 
     @property
     def n(self) -> int:
@@ -83,13 +84,21 @@ class BatchDecisions:
         """The scores a prediction has (ensemble scores only with an ensemble)."""
         return {k: col[i] for k, col in self._score_columns if col[i] == col[i]}  # not NaN
 
+    def fired(self, q: int, i: int) -> list[Leaf]:
+        """The leaves that made queue ``q``'s rule hold at row ``i`` (which it must);
+        traced once, shared by the reasons of outputs and the rule metrics."""
+        leaves = self._fired.get((q, i))
+        if leaves is None:
+            leaves = self._fired[q, i] = fired_leaves(self.policy.queues[q].when, i, self.memo)
+        return leaves
+
     def reasons(self, i: int) -> list[dict[str, Any]]:
         """Every rule result that fired for row ``i``, over all matching queues."""
         out: list[dict[str, Any]] = []
         for q, queue in enumerate(self.policy.queues):
             if not self.matched[q, i]:
                 continue
-            for leaf in fired_leaves(queue.when, i, self.memo):
+            for leaf in self.fired(q, i):
                 out.append(
                     {
                         "queue": queue.name,
