@@ -5,9 +5,10 @@ Measured here (BENCHMARKS.md): Faust's per-message path — ``Consumer._drain_me
 awaiting ``wait_first(callback(message), ...)`` (two tasks per message), the conductor,
 the channel queue, ``Stream`` and ``Event`` — caps a no-op agent at a fraction of what a
 raw aiokafka loop moves. So for the topics it is told to batch, :class:`BatchingConsumer`
-keeps everything Faust does around the data (group membership and rebalances, the
-consumer thread, read offsets and gaps, flow control, ``track_message``/``ack`` and
-Faust's committer, sensors) and changes only the hand-off: the messages of one fetch
+keeps what Faust does around the data (group membership and rebalances, the consumer
+thread, read offsets and gaps, flow control, unacked tracking, ``ack`` and Faust's
+committer, end offsets for lag) and changes the hand-off: no per-message sensor runs for
+a batched topic, and the messages of one fetch
 become one :class:`Batch`, sent as a single value on an in-memory Faust channel per
 agent. Agents stay Faust agents (``@app.agent(channel)``) and do their work once per
 batch, vectorised.
