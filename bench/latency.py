@@ -72,6 +72,7 @@ class LatencyProbe:
         self.since = float("inf")
         self.received: list[float] = []
         self.produced: list[float] = []
+        self.stamps: list[float] = []  # prediction ts of each, for the trace
         self.unstamped = 0
 
     def __call__(self, record: Any, received_at: float) -> None:
@@ -81,6 +82,11 @@ class LatencyProbe:
         elif ts >= self.since:
             self.received.append(received_at - ts)
             self.produced.append(record.timestamp / 1000.0 - ts)
+            self.stamps.append(ts)
+
+    def save_trace(self, path: Any) -> None:
+        """Columns: prediction ts, seconds to received, seconds to CreateTime (``--keep``)."""
+        np.save(path, np.array([self.stamps, self.received, self.produced]).T)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"measured": len(self.received), "unstamped": self.unstamped}
@@ -198,6 +204,7 @@ async def measure(
         await live
         stop_s = procs.stop_all(running)
         await reader.stop()
+    probe.save_trace(setup.tmp / f"{name}-trace.npy")
     usage = u1.since(u0)
     return {
         "ok": True,

@@ -5,6 +5,15 @@ of probabilities) are checked with numpy per group of same-shaped rows. Every
 invalid message gets an ``ErrorInfo`` with a stable ``code``; nothing in the
 rest of the batch is affected.
 
+Two paths give the same verdicts. The *typed* path decodes with ``msgspec`` into
+:class:`_Typed`, which checks every field's type (every probability included) in C
+while decoding; it takes only messages whose every field is one the schema names, with
+the types it gives them, and nothing it cannot vouch for (nested ``meta``, integers
+beyond 64 bits). Whatever it does not take — an unknown field, a wrong type, any error —
+goes through the *exact* path (``orjson`` and Python checks), which finds the error
+code, or accepts what the typed path was too narrow for. Measured on the benchmark's
+predictions: 27 µs per message on the exact path, 12 on the typed one (BENCHMARKS.md).
+
 >>> batch = parse_batch([b'{"id":"a","model":"m","probs":[0.2,0.8]}', b"nope"], LimitsConfig())
 >>> batch.errors[1].code, batch.docs[0]["id"]
 ('not_json', 'a')
@@ -17,8 +26,10 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
+from msgspec import UNSET, UnsetType
 
 from hitl_router.router.config import LimitsConfig
 
@@ -85,26 +96,90 @@ class ParsedBatch:
         return len(self.docs)
 
 
-def parse_batch(raws: Sequence[bytes], limits: LimitsConfig) -> ParsedBatch:
-    """Decode and validate ``raws``; ``docs[i]`` is None exactly when ``i in errors``."""
+def parse_batch(raws: Sequence[bytes], limits: LimitsConfig, *, typed: bool = True) -> ParsedBatch:
+    """Decode and validate ``raws``; ``docs[i]`` is None exactly when ``i in errors``.
+
+    ``typed=False`` sends every message through the exact path (for tests comparing the
+    two)."""
     docs: list[dict[str, Any] | None] = [None] * len(raws)
     errors: dict[int, ErrorInfo] = {}
     shapes: dict[tuple[int, int], list[int]] = {}
+    untyped: set[int] = set()  # rows whose numbers the typed decoder did not check
     for i, raw in enumerate(raws):
-        try:
-            doc = decode(raw, limits)
-            shape = check_structure(doc, limits)
-        except Invalid as exc:
-            errors[i] = exc.info
-            continue
+        fast = typed_decode(raw, limits) if typed else None
+        if fast is None:
+            try:
+                doc = decode(raw, limits)
+                shape = check_structure(doc, limits)
+            except Invalid as exc:
+                errors[i] = exc.info
+                continue
+            untyped.add(i)
+        else:
+            doc, shape = fast
         docs[i] = doc
         shapes.setdefault(shape, []).append(i)
     groups = []
     for (_, n_members), rows in shapes.items():
-        group = _numeric_group(rows, n_members, docs, errors)
+        group = _numeric_group(rows, n_members, docs, errors, untyped)
         if group is not None:
             groups.append(group)
     return ParsedBatch(docs, errors, groups, raws)
+
+
+class _Typed(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A prediction as the schema types it: what the typed path accepts.
+
+    Narrower than the schema on purpose (flat ``meta``, no unknown field): anything else
+    takes the exact path. ``float`` fields take JSON integers as floats of equal value,
+    and refuse numbers beyond the double range, as ``orjson`` does."""
+
+    id: str
+    model: str
+    probs: list[float]
+    classes: list[str] | UnsetType = UNSET
+    ensemble: list[list[float]] | UnsetType = UNSET
+    flags: list[str] | UnsetType = UNSET
+    features: dict[str, float | str] | UnsetType = UNSET
+    ts: float | UnsetType = UNSET
+    meta: dict[str, str | float | bool | None] | UnsetType = UNSET
+    label: str | int | UnsetType = UNSET  # replay inputs may carry the true class
+
+
+_TYPED_FIELDS = _Typed.__struct_fields__
+_typed_decoder = msgspec.json.Decoder(_Typed)
+_INT64_MIN, _UINT64_END = -(2**63), 2**64  # orjson's integers; beyond, it makes floats
+
+
+def typed_decode(
+    raw: bytes | None, limits: LimitsConfig
+) -> tuple[dict[str, Any], tuple[int, int]] | None:
+    """The typed path: ``(doc, shape)`` when ``raw`` is a valid prediction it can vouch
+    for (same doc and verdict as the exact path, numbers as floats), else None."""
+    if raw is None or len(raw) > limits.max_message_bytes:
+        return None
+    try:
+        p = _typed_decoder.decode(raw)
+    except (ValueError, RecursionError):  # msgspec's errors, and bad UTF-8
+        return None
+    k = len(p.probs)
+    if not (2 <= k <= limits.max_classes and 1 <= len(p.id) <= MAX_ID_CHARS and p.model):
+        return None
+    if p.classes is not UNSET and len(p.classes) != k:
+        return None
+    members = 0
+    if p.ensemble is not UNSET:
+        members = len(p.ensemble)
+        if not 2 <= members <= limits.max_members:
+            return None
+        for member in p.ensemble:
+            if len(member) != k:
+                return None
+    if type(p.label) is int and not _INT64_MIN <= p.label < _UINT64_END:
+        return None
+    values = msgspec.structs.astuple(p)
+    doc = {f: v for f, v in zip(_TYPED_FIELDS, values, strict=True) if v is not UNSET}
+    return doc, (k, members)
 
 
 def decode(raw: bytes | None, limits: LimitsConfig) -> dict[str, Any]:
@@ -229,19 +304,28 @@ _STR = frozenset({str})
 
 
 def _numeric_group(
-    rows: list[int], n_members: int, docs: list[dict[str, Any] | None], errors: dict[int, ErrorInfo]
+    rows: list[int],
+    n_members: int,
+    docs: list[dict[str, Any] | None],
+    errors: dict[int, ErrorInfo],
+    untyped: set[int],
 ) -> Group | None:
     """Type-check and range-check the numbers of same-shaped rows, a group at a time.
 
-    Element types are checked in one pass over the whole group (``set(map(type, …))``
-    in C); only a group holding a non-number looks row by row for the culprits.
+    The typed path checked its rows' element types while decoding. For the ``untyped``
+    rows they are checked in one pass (``set(map(type, …))`` in C); only a group holding
+    a non-number looks row by row for the culprits.
     """
     chosen: list[dict[str, Any]] = [docs[i] for i in rows]  # type: ignore[misc]
-    typed = _drop_non_numbers(rows, chosen, n_members, docs, errors)
-    if typed is not None:
-        rows, chosen = typed
-        if not rows:
-            return None
+    if untyped:
+        unchecked = [(i, d) for i, d in zip(rows, chosen, strict=True) if i in untyped]
+        if unchecked:
+            dropped = _drop_non_numbers(unchecked, n_members, docs, errors)
+            if dropped:
+                kept = [(i, d) for i, d in zip(rows, chosen, strict=True) if i not in dropped]
+                if not kept:
+                    return None
+                rows, chosen = [i for i, _ in kept], [d for _, d in kept]
     g, k = len(chosen), len(chosen[0]["probs"])
     probs = np.fromiter(
         chain.from_iterable(d["probs"] for d in chosen), np.float64, count=g * k
@@ -274,23 +358,22 @@ _NUMBER_TYPES = frozenset({float, int})
 
 
 def _drop_non_numbers(
-    rows: list[int],
-    chosen: list[dict[str, Any]],
+    rows: list[tuple[int, dict[str, Any]]],
     n_members: int,
     docs: list[dict[str, Any] | None],
     errors: dict[int, ErrorInfo],
-) -> tuple[list[int], list[dict[str, Any]]] | None:
-    """None when every probability in the group is a number (the fast, usual case);
-    else the rows and docs that remain once those holding a non-number are rejected."""
-    seen = set(map(type, chain.from_iterable(d["probs"] for d in chosen)))
+) -> set[int]:
+    """Reject the ``rows`` holding a probability that is not a number; return them
+    (usually none: then one pass over the numbers in C is all it costs)."""
+    seen = set(map(type, chain.from_iterable(d["probs"] for _, d in rows)))
     if n_members:
         seen.update(
-            map(type, chain.from_iterable(chain.from_iterable(d["ensemble"] for d in chosen)))
+            map(type, chain.from_iterable(chain.from_iterable(d["ensemble"] for _, d in rows)))
         )
     if seen <= _NUMBER_TYPES:
-        return None
-    kept_rows, kept_docs = [], []
-    for i, doc in zip(rows, chosen, strict=True):
+        return set()
+    dropped = set()
+    for i, doc in rows:
         try:
             _numbers(doc["probs"], "probs")
             for j, member in enumerate(doc.get("ensemble") or ()):
@@ -298,10 +381,8 @@ def _drop_non_numbers(
         except Invalid as exc:
             errors[i] = exc.info
             docs[i] = None
-            continue
-        kept_rows.append(i)
-        kept_docs.append(doc)
-    return kept_rows, kept_docs
+            dropped.add(i)
+    return dropped
 
 
 def _bad_rows(
