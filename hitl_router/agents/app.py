@@ -216,10 +216,11 @@ def _report_output(topic: str, report: Any) -> Output:
 
 
 def _unpack(batch: Batch) -> tuple[list[bytes], list[Source], list[float]]:
+    """Values, sources and Kafka timestamps (seconds) of a batch's aiokafka records."""
     sources, times = [], []
     for m in batch.messages:
         sources.append(Source(m.topic, m.partition, m.offset))
-        times.append(m.timestamp)
+        times.append(m.timestamp / 1000.0)
     return batch.raws, sources, times
 
 
@@ -262,7 +263,7 @@ def _decide_one_by_one(policy: Policy, raws: list[bytes], rules: bool) -> BatchD
 
 
 def _prediction_times(batch: BatchDecisions, kafka_times: list[float]) -> list[float]:
-    """Each prediction's ``ts``, else its Kafka timestamp (faust gives seconds)."""
+    """Each prediction's ``ts``, else its Kafka timestamp (seconds)."""
     out = []
     for doc, kafka_ts in zip(batch.docs, kafka_times, strict=True):
         ts = doc.get("ts") if doc is not None else None

@@ -6,16 +6,18 @@ awaiting ``wait_first(callback(message), ...)`` (two tasks per message), the con
 the channel queue, ``Stream`` and ``Event`` — caps a no-op agent at a fraction of what a
 raw aiokafka loop moves. So for the topics it is told to batch, :class:`BatchingConsumer`
 keeps what Faust does around the data (group membership and rebalances, the consumer
-thread, read offsets and gaps, flow control, unacked tracking, ``ack`` and Faust's
-committer, end offsets for lag) and changes the hand-off: no per-message sensor runs for
-a batched topic, and the messages of one fetch
-become one :class:`Batch`, sent as a single value on an in-memory Faust channel per
-agent. Agents stay Faust agents (``@app.agent(channel)``) and do their work once per
-batch, vectorised.
+thread, read offsets and gaps, flow control, acked offsets and Faust's committer, end
+offsets for lag) and changes the hand-off: the records of one fetch become one
+:class:`Batch` — aiokafka's own records, no Faust ``ConsumerMessage`` or sensor per
+message — sent as a single value on an in-memory Faust channel per agent. Agents stay
+Faust agents (``@app.agent(channel)``) and do their work once per batch, vectorised.
 
 A batch's messages are acked only when every agent has finished it *and* every output it
-produced has been acknowledged by the broker: at-least-once, with up to
-``max_in_flight`` batches being delivered while the next is decided.
+produced has been acknowledged by the broker: at-least-once. They are acked together,
+one update of Faust's acked offsets per partition (what ``Consumer.ack`` does per
+message). Up to ``max_in_flight`` × ``max_poll_records`` messages may be in flight
+(decided or being delivered) before the fetch loop waits for the oldest batch: a budget
+in messages, not batches, so small batches at low rates never wait on delivery.
 """
 
 from __future__ import annotations
@@ -29,17 +31,25 @@ from time import monotonic
 from typing import Any
 
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 log = logging.getLogger(__name__)
 
 
 class Batch:
-    """The messages of one fetch from one topic, shared by the agents that read it."""
+    """The messages of one fetch from one topic, shared by the agents that read it.
 
-    __slots__ = ("messages", "_pending", "_done", "_deliveries", "cache")
+    ``messages`` are aiokafka ``ConsumerRecord``s (``timestamp`` in milliseconds);
+    ``offsets`` lists their offsets per partition, for the ack."""
 
-    def __init__(self, messages: Sequence[Any], n_agents: int) -> None:
+    __slots__ = ("messages", "offsets", "_pending", "_done", "_deliveries", "cache")
+
+    def __init__(
+        self, messages: Sequence[Any], n_agents: int, offsets: Mapping[Any, list[int]] | None = None
+    ) -> None:
         self.messages = messages
+        self.offsets = offsets or {}
         self._pending = n_agents
         self._done = asyncio.Event()
         self._deliveries: list[Awaitable[Any]] = []
@@ -115,21 +125,22 @@ class BatchingConsumer(Consumer):
 
     async def wait_empty(self) -> None:  # pragma: no cover - needs Kafka
         """Before a stop or rebalance, Faust waits here for every message taken to be
-        acked. It also suspends flow control, which drops the batches still queued in
-        the agents' channels: those would never settle. So: give the batches in flight
-        ``settle_grace`` seconds, then forget the unsettled ones — not acked, they are
-        redone from the committed offset by whoever owns the partition next."""
+        acked (its own wait covers the per-message topics). It also suspends flow
+        control, which drops the batches still queued in the agents' channels: those
+        would never settle. So: give the batches in flight ``settle_grace`` seconds, then
+        forget the unsettled ones — not acked, they are redone from the committed offset
+        by whoever owns the partition next."""
         pending = set(self._batches_in_flight)
         if pending:
             await asyncio.wait(pending, timeout=self.settle_grace)
-        for task in list(self._batches_in_flight):
+        forgotten = 0
+        for task, batch in list(self._batches_in_flight.items()):
             task.cancel()
-        forgotten = {m for m in self._unacked_messages if m.topic in self.batch_topics}
+            forgotten += len(batch.messages)
         if forgotten:
-            self._unacked_messages.difference_update(forgotten)
             log.info(
                 "%d messages in flight not settled in %.0fs: they will be redelivered",
-                len(forgotten),
+                forgotten,
                 self.settle_grace,
             )
         await super().wait_empty()
@@ -141,10 +152,12 @@ class BatchingConsumer(Consumer):
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         acks_enabled_for = self.app.topics.acks_enabled_for
-        in_flight: deque[asyncio.Future[None]] = deque()
+        in_flight: deque[tuple[asyncio.Future[None], int]] = deque()
+        in_flight_messages = 0
+        budget = self.max_in_flight * self.app.conf.broker_max_poll_records
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                fetched: dict[str, list[Any]] = {}
+                fetched: dict[str, tuple[list[Any], dict[Any, list[int]]]] = {}
                 for tp, messages in (await self._fetch(timeout=1.0)).items():
                     r_offset = get_read_offset(tp)
                     if r_offset is not None:
@@ -160,26 +173,32 @@ class BatchingConsumer(Consumer):
                                 await self._add_gap(tp, prev + 1, m.offset)
                             prev = m.offset
                     if tp.topic in self.batch_topics:
-                        fetched.setdefault(tp.topic, []).extend(messages)
+                        records, offsets = fetched.setdefault(tp.topic, ([], {}))
+                        records.extend(messages)
+                        if acks_enabled_for(tp.topic):
+                            offsets[tp] = [m.offset for m in messages]
                     else:
+                        messages = [self._to_message(tp, m) for m in messages]
                         for message in messages:
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, messages[-1].offset)
-                for topic, messages in fetched.items():
+                for topic, (messages, offsets) in fetched.items():
                     n_agents, sink = self.batch_topics[topic]
-                    batch = Batch(messages, n_agents)
-                    self._unacked_messages.update(messages)  # Faust's stop/rebalance wait on these
+                    batch = Batch(messages, n_agents, offsets)
                     # settled by a task of its own, so acks keep coming while the fetcher
                     # stops (Faust's shutdown and rebalances wait for them); registered
                     # before the hand-off so that wait_empty can always account for it
                     task = asyncio.ensure_future(self._settle(batch))
                     self._batches_in_flight[task] = batch
                     task.add_done_callback(self._batches_in_flight.pop)
-                    in_flight.append(task)
+                    in_flight.append((task, len(messages)))
+                    in_flight_messages += len(messages)
                     await sink(batch)
-                while in_flight and (len(in_flight) > self.max_in_flight or in_flight[0].done()):
+                while in_flight and (in_flight_messages > budget or in_flight[0][0].done()):
+                    task, n = in_flight.popleft()
+                    in_flight_messages -= n
                     with contextlib.suppress(asyncio.CancelledError):
-                        await in_flight.popleft()
+                        await task
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
@@ -192,7 +211,9 @@ class BatchingConsumer(Consumer):
     async def _fetch(self, timeout: float) -> dict[Any, list[Any]]:
         """One fetch, as Faust's ``getmany`` does it, per partition instead of per message:
         the end offset (for lag) is tracked once per partition, and no per-message sensor
-        runs (``faust_messages_received*`` do not count batched topics; ``hitl_*`` do)."""
+        runs (``faust_messages_received*`` do not count batched topics; ``hitl_*`` do).
+        Records stay aiokafka's: ``_drain_messages`` makes Faust messages of the records
+        of topics it does not batch."""
         records, active_partitions = await self._wait_next_records(timeout)
         if not records or self.should_stop:
             return {}
@@ -202,7 +223,6 @@ class BatchingConsumer(Consumer):
             except Exception as exc:  # noqa: BLE001 - as Faust: log, retry next fetch
                 log.warning("exception performing seek when flow not active %r", exc)
             return {}
-        to_message = self._to_message
         monitor = self.app.monitor
         now = monotonic()
         out = {}
@@ -216,7 +236,7 @@ class BatchingConsumer(Consumer):
                 # what the stream sensor would record: Faust's consumer thread checks it
                 # to tell a busy partition from a stuck one
                 monitor.stream_inbound_time[tp] = now
-                out[tp] = [to_message(tp, r) for r in recs]
+                out[tp] = recs
         return out
 
     async def _settle(self, batch: Batch) -> None:
@@ -227,9 +247,27 @@ class BatchingConsumer(Consumer):
             await batch.wait()
         except Exception as exc:
             log.error("outputs of a batch of %d were not delivered: %r", len(batch.messages), exc)
-            self._unacked_messages.difference_update(batch.messages)
             await self.crash(exc)
             return
-        ack = self.ack
-        for m in batch.messages:
-            ack(m)
+        self.ack_offsets(batch.offsets)
+
+    def ack_offsets(self, offsets: Mapping[Any, list[int]]) -> int:
+        """Ack these offsets of these partitions: ``Consumer.ack``'s bookkeeping, once per
+        partition instead of once per message. Returns how many were newly acked."""
+        n = 0
+        with ack_lock:
+            for tp, tp_offsets in offsets.items():
+                committed = self._committed_offset[tp]
+                acked_index = self._acked_index[tp]
+                new = [
+                    o
+                    for o in tp_offsets
+                    if (committed is None or o >= committed) and o not in acked_index
+                ]
+                if new:
+                    acked_index.update(new)
+                    self._acked[tp].extend(new)
+                    n += len(new)
+            self._n_acked += n
+            notify(self._waiting_for_ack)
+        return n

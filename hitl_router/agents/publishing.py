@@ -2,9 +2,11 @@
 
 ``producer.send()`` per message costs an ``await`` and a trip through the accumulator
 each (measured: the largest share of the worker's time after decoding). Here outputs are
-grouped by (topic, partition) — the partition from the producer's own partitioner
-(Java-compatible murmur2 of the key), so keyed outputs land where ``send()`` would put
-them — appended to ``BatchBuilder``s and handed over with one ``send_batch`` each.
+grouped by (topic, partition) — the partition is Kafka's default one (Java-compatible
+murmur2 of the key, computed for the whole batch with numpy by
+:func:`~hitl_router.router.partitioning.partitions_of`), so keyed outputs land where
+``send()`` would put them — appended to ``BatchBuilder``s and handed over with one
+``send_batch`` each.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from hitl_router.router.outputs import Output
+from hitl_router.router.partitioning import partitions_of
 
 
 class BatchPublisher:
@@ -40,12 +43,21 @@ class BatchPublisher:
 
     async def publish(self, outputs: Sequence[Output]) -> list[Awaitable[Any]]:
         """Queue every output; the returned futures resolve when the broker has them."""
-        partition_of = self.producer._partitioner  # aiokafka's DefaultPartitioner (murmur2)
-        grouped: dict[tuple[str, int], list[Output]] = {}
+        by_topic: dict[str, list[Output]] = {}
         for o in outputs:
-            parts = self._partitions.get(o.topic) or await self._partitions_for(o.topic)
-            p = partition_of(o.key, parts, parts)
-            grouped.setdefault((o.topic, p), []).append(o)
+            by_topic.setdefault(o.topic, []).append(o)
+        grouped: dict[tuple[str, int], list[Output]] = {}
+        for topic, outs in by_topic.items():
+            parts = self._partitions.get(topic) or await self._partitions_for(topic)
+            keyed = [o for o in outs if o.key is not None]
+            indexes = partitions_of([o.key for o in keyed], len(parts)).tolist()
+            for o, i in zip(keyed, indexes, strict=True):
+                grouped.setdefault((topic, parts[i]), []).append(o)
+            if len(keyed) < len(outs):  # unkeyed: a random partition, as aiokafka does
+                for o in outs:
+                    if o.key is None:
+                        p = self.producer._partitioner(None, parts, parts)
+                        grouped.setdefault((topic, p), []).append(o)
         # each partition waits for its own free slot (aiokafka queues one batch per
         # partition): in parallel, or a batch would wait out one round trip per partition
         per_tp = await asyncio.gather(

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 
 import orjson
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from hitl_router.simulate import Simulator
 from tests.integration.helpers import (
@@ -71,8 +72,11 @@ def test_live_worker_agrees_with_replay(kafka_bootstrap, tmp_path):
     fates: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     dead: dict[int, dict] = {}
     queue_of_topic = {q["topic"]: q["name"] for q in cfg["queues"]}
+    n_partitions = cfg["kafka"]["partitions"]
     for r in records:
         msg = orjson.loads(r.value)
+        if r.key is not None:  # where any Kafka producer puts that key (murmur2)
+            assert r.partition == DefaultPartitioner()(r.key, *[list(range(n_partitions))] * 2)
         if r.topic == topics["deadletter"]:
             src = msg["source"]
             assert src["topic"] == topics["predictions"]
