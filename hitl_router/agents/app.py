@@ -141,10 +141,9 @@ def build_app(
 
     def route(batch: Batch) -> list[Awaitable[Any]]:
         decided = _decide(batch, policy, metrics, "router", rules=True)
-        raws, sources, times = _unpack(batch)
         now = time.time()
-        deliveries = publish(router_outputs(decided, raws, sources, now))
-        metrics.observe_router(decided, _prediction_times(decided, times), now)
+        deliveries = publish(router_outputs(decided, batch.raws, _Sources(batch.messages), now))
+        metrics.observe_router(decided, _prediction_times(decided, batch.messages), now)
         return deliveries
 
     def sample(batch: Batch) -> list[Awaitable[Any]]:
@@ -215,13 +214,21 @@ def _report_output(topic: str, report: Any) -> Output:
     return Output(topic, key, orjson.dumps(report.as_dict()))
 
 
-def _unpack(batch: Batch) -> tuple[list[bytes], list[Source], list[float]]:
-    """Values, sources and Kafka timestamps (seconds) of a batch's aiokafka records."""
-    sources, times = [], []
-    for m in batch.messages:
-        sources.append(Source(m.topic, m.partition, m.offset))
-        times.append(m.timestamp / 1000.0)
-    return batch.raws, sources, times
+class _Sources(Sequence[Source]):
+    """Where each record of a batch came from, made only for the rows that need it
+    (dead letters)."""
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        m = self._records[i]
+        return Source(m.topic, m.partition, m.offset)
 
 
 def _decide(
@@ -262,10 +269,10 @@ def _decide_one_by_one(policy: Policy, raws: list[bytes], rules: bool) -> BatchD
     return merge_batches(policy, parts)
 
 
-def _prediction_times(batch: BatchDecisions, kafka_times: list[float]) -> list[float]:
-    """Each prediction's ``ts``, else its Kafka timestamp (seconds)."""
+def _prediction_times(batch: BatchDecisions, records: Sequence[Any]) -> list[float]:
+    """Each prediction's ``ts``, else its record's Kafka timestamp (ms → seconds)."""
     out = []
-    for doc, kafka_ts in zip(batch.docs, kafka_times, strict=True):
+    for doc, record in zip(batch.docs, records, strict=True):
         ts = doc.get("ts") if doc is not None else None
-        out.append(float(ts) if ts is not None else kafka_ts)
+        out.append(float(ts) if ts is not None else record.timestamp / 1000.0)
     return out

@@ -77,12 +77,21 @@ class BatchDecisions:
         return np.flatnonzero(self.fate == fate)
 
     @cached_property
-    def _score_columns(self) -> list[tuple[str, list[float]]]:
-        return [(k, v.tolist()) for k, v in self.scores.items()]
+    def _score_rows(self) -> tuple[list[str], list[list[float]], list[bool]]:
+        """Score names, each row's scores as Python floats, and whether a row has them
+        all (no NaN): converted once per batch."""
+        names = list(self.scores)
+        if not names:
+            return names, [[] for _ in range(self.n)], [True] * self.n
+        table = np.column_stack([self.scores[k] for k in names])
+        return names, table.tolist(), (~np.isnan(table)).all(axis=1).tolist()
 
     def score_dict(self, i: int) -> dict[str, float]:
         """The scores a prediction has (ensemble scores only with an ensemble)."""
-        return {k: col[i] for k, col in self._score_columns if col[i] == col[i]}  # not NaN
+        names, rows, complete = self._score_rows
+        if complete[i]:
+            return dict(zip(names, rows[i], strict=True))
+        return {k: v for k, v in zip(names, rows[i], strict=True) if v == v}  # not NaN
 
     def fired(self, q: int, i: int) -> list[Leaf]:
         """The leaves that made queue ``q``'s rule hold at row ``i`` (which it must);

@@ -7,6 +7,7 @@ payload had one, else no key) so consumers can de-duplicate redeliveries.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,13 @@ class Output:
 
 
 def router_info(batch: BatchDecisions) -> dict[str, str]:
-    return {"version": __version__, "config_hash": batch.policy.config.config_hash}
+    """Which router decided: one dict per config, shared by every output (not mutated)."""
+    return _router_info(batch.policy.config.config_hash)
+
+
+@functools.lru_cache(maxsize=16)
+def _router_info(config_hash: str) -> dict[str, str]:
+    return {"version": __version__, "config_hash": config_hash}
 
 
 def prediction(batch: BatchDecisions, i: int) -> orjson.Fragment:
