@@ -48,7 +48,15 @@ def versions(external: bool) -> dict[str, Any]:
     from hitl_router.localkafka.broker import KAFKA_VERSION
 
     out: dict[str, Any] = {"python": platform.python_version()}
-    for dist in ("hitl-router", "faust-streaming", "aiokafka", "kafka-python", "numpy", "orjson"):
+    for dist in (
+        "hitl-router",
+        "faust-streaming",
+        "aiokafka",
+        "kafka-python",
+        "numpy",
+        "orjson",
+        "msgspec",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
