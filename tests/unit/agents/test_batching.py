@@ -1,0 +1,59 @@
+"""``BatchingConsumer.ack_offsets``: Faust's per-message ack bookkeeping, per partition."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+
+from faust.types import TP
+
+from hitl_router.agents.batching import BatchingConsumer
+
+
+def consumer_state(committed: dict[TP, int | None]) -> SimpleNamespace:
+    """The attributes of Faust's ``Consumer`` that ``ack`` touches."""
+    return SimpleNamespace(
+        _committed_offset=defaultdict(lambda: None, committed),
+        _acked_index=defaultdict(set),
+        _acked=defaultdict(list),
+        _n_acked=0,
+        _waiting_for_ack=None,
+    )
+
+
+def test_acks_new_offsets_once_per_partition() -> None:
+    a, b = TP("predictions", 0), TP("predictions", 1)
+    state = consumer_state({a: 10, b: None})
+    n = BatchingConsumer.ack_offsets(state, {a: [8, 9, 10, 11, 12], b: [0, 1]})  # type: ignore[arg-type]
+    assert n == 5  # 8 and 9 are below the committed offset: already done
+    assert state._acked[a] == [10, 11, 12] and state._acked_index[a] == {10, 11, 12}
+    assert state._acked[b] == [0, 1]
+    assert state._n_acked == 5
+    # a redelivered batch acks nothing twice
+    assert BatchingConsumer.ack_offsets(state, {a: [11, 12, 13]}) == 1  # type: ignore[arg-type]
+    assert state._acked[a] == [10, 11, 12, 13] and state._n_acked == 6
+
+
+class _Message:
+    """What ``Consumer.ack`` reads of a message (hashable, as Faust's are)."""
+
+    def __init__(self, tp: TP, offset: int) -> None:
+        self.acked, self.tp, self.offset, self.topic = False, tp, offset, tp.topic
+
+
+def test_same_bookkeeping_as_faust_ack() -> None:
+    """Acking a batch in bulk leaves Faust's state as acking its messages one by one."""
+    from faust.transport.consumer import Consumer
+
+    tp = TP("predictions", 2)
+    offsets = [5, 6, 7, 9, 12]
+    bulk = consumer_state({tp: 6})
+    BatchingConsumer.ack_offsets(bulk, {tp: offsets})  # type: ignore[arg-type]
+    one_by_one = consumer_state({tp: 6})
+    one_by_one._unacked_messages = set()
+    one_by_one.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda t: True))
+    for o in offsets:
+        Consumer.ack(one_by_one, _Message(tp, o))  # type: ignore[arg-type]
+    assert bulk._acked[tp] == one_by_one._acked[tp] == [6, 7, 9, 12]
+    assert bulk._acked_index[tp] == one_by_one._acked_index[tp]
+    assert bulk._n_acked == one_by_one._n_acked == 4
