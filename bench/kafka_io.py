@@ -32,8 +32,13 @@ class Admin:
 
         self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hitl-bench-admin")
 
-    def create_topics(self, names: Iterable[str], partitions: int) -> None:
-        spec = {n: {"num_partitions": partitions, "replication_factor": 1} for n in names}
+    def create_topics(
+        self, names: Iterable[str], partitions: int, configs: dict[str, str] | None = None
+    ) -> None:
+        spec = {
+            n: {"num_partitions": partitions, "replication_factor": 1, "configs": configs or {}}
+            for n in names
+        }
         self._admin.create_topics(spec, timeout_ms=30_000, wait_for_metadata=True)
 
     def delete_topics_containing(self, tag: str) -> list[str]:

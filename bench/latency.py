@@ -4,9 +4,14 @@ every output, and the paced producer (this module's ``__main__``, run as a subpr
 ``measure`` starts a fresh router worker (or the ceiling) on a fresh topic, warms it up,
 then lets the pacer feed it. The pacer generates its messages up front, says ``ready``,
 waits for ``go`` on stdin, sends ``rate`` messages/s for ``seconds`` (each message's ``ts``
-rewritten to its send time) and prints a JSON summary line. The probe reads every output
-topic as records arrive and records ``received_at - prediction.ts`` (and, from the
-output's CreateTime, ``produced_at - prediction.ts``).
+rewritten to its send time) and prints a JSON summary line.
+
+The output topics are created with ``message.timestamp.type=LogAppendTime``: the broker
+stamps each output when it appends it, the moment it becomes readable. The latency of an
+output is that stamp − ``prediction.ts`` (the target's "prediction produced → output
+readable"). The probe also reads every output topic as records arrive and records
+``received_at - prediction.ts``, which adds the probe's own consumer: with many
+output partitions, some idle, its fetches can wait out ``fetch_max_wait_ms``.
 
     python -m bench.latency --bootstrap HOST:PORT --topic T --rate R --seconds S
 """
@@ -71,7 +76,7 @@ class LatencyProbe:
     def __init__(self) -> None:
         self.since = float("inf")
         self.received: list[float] = []
-        self.produced: list[float] = []
+        self.appended: list[float] = []
         self.stamps: list[float] = []  # prediction ts of each, for the trace
         self.unstamped = 0
 
@@ -81,16 +86,16 @@ class LatencyProbe:
             self.unstamped += 1
         elif ts >= self.since:
             self.received.append(received_at - ts)
-            self.produced.append(record.timestamp / 1000.0 - ts)
+            self.appended.append(record.timestamp / 1000.0 - ts)
             self.stamps.append(ts)
 
     def save_trace(self, path: Any) -> None:
-        """Columns: prediction ts, seconds to received, seconds to CreateTime (``--keep``)."""
-        np.save(path, np.array([self.stamps, self.received, self.produced]).T)
+        """Columns: prediction ts, seconds to received, seconds to LogAppendTime (``--keep``)."""
+        np.save(path, np.array([self.stamps, self.received, self.appended]).T)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"measured": len(self.received), "unstamped": self.unstamped}
-        for name, values in (("receive", self.received), ("produce", self.produced)):
+        for name, values in (("receive", self.received), ("append", self.appended)):
             if values:
                 ms = np.asarray(values) * 1000.0
                 out[f"{name}_p50_ms"] = float(np.percentile(ms, 50))
@@ -158,7 +163,13 @@ async def measure(
         def start() -> list[procs.Proc]:
             return [contenders.spawn_ceiling(setup, path, name, outputs[0], group)]
 
-    await asyncio.to_thread(setup.admin.create_topics, [input_topic, *outputs], setup.partitions)
+    await asyncio.to_thread(setup.admin.create_topics, [input_topic], setup.partitions)
+    await asyncio.to_thread(
+        setup.admin.create_topics,
+        outputs,
+        setup.partitions,
+        {"message.timestamp.type": "LogAppendTime"},
+    )
     reader = OutputReader(setup.bootstrap, outputs, setup.partitions)
     await reader.start()
     probe = LatencyProbe()
