@@ -73,8 +73,9 @@ class BatchDecisions:
         q = int(self.queue[i])
         return self.policy.queues[q].name if q >= 0 else None
 
-    def rows(self, fate: int) -> np.ndarray:
-        return np.flatnonzero(self.fate == fate)
+    def rows(self, fate: int) -> list[int]:
+        """The rows with this fate (Python ints: they index lists)."""
+        return np.flatnonzero(self.fate == fate).tolist()  # type: ignore[no-any-return]
 
     @cached_property
     def _score_rows(self) -> tuple[list[str], list[list[float]], list[bool]]:
@@ -85,6 +86,14 @@ class BatchDecisions:
             return names, [[] for _ in range(self.n)], [True] * self.n
         table = np.column_stack([self.scores[k] for k in names])
         return names, table.tolist(), (~np.isnan(table)).all(axis=1).tolist()
+
+    @cached_property
+    def _temperatures(self) -> list[float]:
+        return self.temperature.tolist()
+
+    def temperature_of(self, i: int) -> float:
+        """Row ``i``'s temperature, as a Python float."""
+        return self._temperatures[i]
 
     def score_dict(self, i: int) -> dict[str, float]:
         """The scores a prediction has (ensemble scores only with an ensemble)."""

@@ -72,7 +72,7 @@ def accepted_item(batch: BatchDecisions, i: int, now: float) -> dict[str, Any]:
         "id": doc["id"],
         "model": doc["model"],
         "scores": batch.score_dict(i),
-        "temperature": float(batch.temperature[i]),
+        "temperature": batch.temperature_of(i),
         "prediction": prediction(batch, i),
         "routed_at": now,
         "router": router_info(batch),
