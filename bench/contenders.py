@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class Setup:
     admin: Admin
     timeout: float
     broker_pid: int | None
+    py_spy: bool = False  # run the router contender under py-spy (--py-spy)
 
     @property
     def count(self) -> int:
@@ -104,13 +106,23 @@ def write_config(setup: Setup, config: dict[str, Any], name: str) -> Path:
     return path
 
 
-def spawn_workers(setup: Setup, config_path: Path, name: str, n: int) -> list[procs.Proc]:
+def spawn_workers(
+    setup: Setup, config_path: Path, name: str, n: int, profile: Path | None = None
+) -> list[procs.Proc]:
+    """``n`` worker processes; with ``profile``, the first runs under ``py-spy record``
+    (raw stacks written there when it stops)."""
     out = []
     for i in range(n):
         argv = [procs.PYTHON, "-m", "hitl_router.cli", "worker", "-c", str(config_path)]
         argv += ["--metrics-port", str(free_port()), "--loglevel", "warning"]
+        if profile is not None and i == 0:
+            py_spy = str(Path(procs.PYTHON).with_name("py-spy"))
+            argv = [py_spy, "record", "-r", "200", "-f", "raw", "-o", str(profile), "--", *argv]
         log_path = setup.tmp / f"{name}-{i}.log"
-        out.append(procs.Proc(f"{name}[{i}]", argv, log_path, env=setup.env))
+        proc = procs.Proc(f"{name}[{i}]", argv, log_path, env=setup.env)
+        if profile is not None and i == 0:
+            proc.stop_signal, proc.signal_group = signal.SIGINT, True
+        out.append(proc)
     return out
 
 
@@ -214,12 +226,22 @@ async def run_processes(
 
 
 async def router(setup: Setup) -> dict[str, Any]:
-    """One worker over the prefilled topic."""
+    """One worker over the prefilled topic (under py-spy with ``setup.py_spy``: its CPU
+    figures then count py-spy, not the worker, and the result carries the profile)."""
+    from bench.profile import summarize
+
     config = router_config(setup, "router")
     path = write_config(setup, config, "router")
-    return await run_processes(
-        setup, output_topics(config), lambda: spawn_workers(setup, path, "router", 1)
+    profile = setup.tmp / "router.pyspy.txt" if setup.py_spy else None
+    result = await run_processes(
+        setup, output_topics(config), lambda: spawn_workers(setup, path, "router", 1, profile)
     )
+    if profile is not None:
+        result["profile"] = {"raw": str(profile)}
+        if profile.exists():
+            with profile.open() as lines:
+                result["profile"].update(summarize(lines))
+    return result
 
 
 async def scale(setup: Setup, workers: int) -> dict[str, Any]:

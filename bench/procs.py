@@ -50,6 +50,10 @@ class Proc:
         )
         self.started = time.time()
         self.killed = False  # did it need SIGKILL?
+        #: what stops it; a profiler wrapping the process takes SIGINT to its whole group
+        #: (it writes its output, the process under it shuts down)
+        self.stop_signal = signal.SIGTERM
+        self.signal_group = False
         _RUNNING.append(self)
 
     @property
@@ -59,11 +63,18 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def signal_stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.signal_group:
+                os.killpg(self.pid, self.stop_signal)  # its own session: pgid == pid
+            else:
+                self.popen.send_signal(self.stop_signal)
+
     def stop(self, grace: float = 20.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
+        """``stop_signal`` (SIGTERM), then SIGKILL after ``grace`` seconds; returns the
+        exit code."""
         if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
+            self.signal_stop()
             try:
                 self.popen.wait(grace)
             except subprocess.TimeoutExpired:
@@ -91,8 +102,7 @@ def stop_all(procs: list[Proc] | None = None, grace: float = 20.0) -> float:
     t0 = time.monotonic()
     for p in targets:
         if p.alive():
-            with contextlib.suppress(ProcessLookupError):
-                p.popen.send_signal(signal.SIGTERM)
+            p.signal_stop()
     for p in targets:
         p.stop(grace=max(0.0, t0 + grace - time.monotonic()))
     return time.monotonic() - t0

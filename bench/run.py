@@ -75,8 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="write this Markdown report (default: BENCHMARKS.md after a complete full run)",
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch directory and logs")
+    p.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="profile the router contender with py-spy and print where its samples went "
+        "(implies --keep; its CPU figures are then py-spy's, and BENCHMARKS.md is not written)",
+    )
     args = p.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    args.keep = args.keep or args.py_spy  # the raw stacks stay in the scratch directory
     unknown = args.skip - set(CONTENDERS)
     if unknown:
         p.error(f"--skip: unknown contender(s) {sorted(unknown)}; known: {', '.join(CONTENDERS)}")
@@ -242,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             admin=admin,
             timeout=args.timeout,
             broker_pid=broker_pid,
+            py_spy=args.py_spy,
         )
         asyncio.run(run_all(args, setup, results))
     except KeyboardInterrupt:
@@ -270,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     if code == 130:
         print("interrupted: no results written")
         return code
-    complete = not args.quick and not args.skip
+    profile = (results.get("router") or {}).get("profile")
+    if profile:
+        print(f"router profile ({profile['raw']}), shares of active samples:")
+        for stage, share in (profile.get("stages") or {}).items():
+            print(f"  {stage:28s} {share:6.1%}")
+    complete = not args.quick and not args.skip and not args.py_spy
     path = args.results or (RESULTS if complete else PARTIAL)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
