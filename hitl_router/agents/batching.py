@@ -164,19 +164,21 @@ class BatchingConsumer(Consumer):
                         messages = [m for m in messages if m.offset >= r_offset]
                         if not messages:
                             continue  # already read: Faust drops these too
+                    tp_offsets = None
                     if acks_enabled_for(tp.topic):
+                        tp_offsets = [m.offset for m in messages]
                         # offsets with no message (e.g. transaction markers) become gaps, as in
                         # Faust, or the committer would wait for them forever
                         prev = r_offset
-                        for m in messages:
-                            if prev and m.offset - prev > 1:
-                                await self._add_gap(tp, prev + 1, m.offset)
-                            prev = m.offset
+                        for offset in tp_offsets:
+                            if prev and offset - prev > 1:
+                                await self._add_gap(tp, prev + 1, offset)
+                            prev = offset
                     if tp.topic in self.batch_topics:
                         records, offsets = fetched.setdefault(tp.topic, ([], {}))
                         records.extend(messages)
-                        if acks_enabled_for(tp.topic):
-                            offsets[tp] = [m.offset for m in messages]
+                        if tp_offsets is not None:
+                            offsets[tp] = tp_offsets
                     else:
                         messages = [self._to_message(tp, m) for m in messages]
                         for message in messages:
