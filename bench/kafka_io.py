@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import time
 from array import array
@@ -72,6 +73,19 @@ class Admin:
         self._admin.close()
 
 
+def partition_of_each(keys: Sequence[bytes | None], partitions: int) -> list[int]:
+    """The partition a Kafka producer's default partitioner gives each message: murmur2 of
+    its key, a random one for no key (as aiokafka's ``DefaultPartitioner``)."""
+    from hitl_router.router.partitioning import partitions_of
+
+    keyed = [i for i, k in enumerate(keys) if k is not None]
+    out = [random.randrange(partitions) for _ in keys]
+    chosen = partitions_of([keys[i] for i in keyed], partitions).tolist()
+    for i, p in zip(keyed, chosen, strict=True):
+        out[i] = p
+    return out
+
+
 async def prefill(
     bootstrap: str,
     topic: str,
@@ -81,13 +95,9 @@ async def prefill(
 ) -> float:
     """Send ``messages`` keyed by ``keys`` (partitioned like any Kafka producer: murmur2 of
     the key) in whole batches, the fastest aiokafka goes; return the achieved msgs/s."""
-    from aiokafka.partitioner import DefaultPartitioner
-
-    choose = DefaultPartitioner()
-    every = list(range(partitions))
-    per_partition: list[list[int]] = [[] for _ in every]
-    for i, key in enumerate(keys):
-        per_partition[choose(key, every, every)].append(i)
+    per_partition: list[list[int]] = [[] for _ in range(partitions)]
+    for i, p in enumerate(partition_of_each(keys, partitions)):
+        per_partition[p].append(i)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks=1,

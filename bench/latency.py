@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from bench import contenders, procs
-from bench.kafka_io import OutputReader, prefill
+from bench.kafka_io import OutputReader, partition_of_each, prefill
 
 TS_FIELD = b',"ts":'
 WARMUP = 500  # messages through the contender before the clock starts
@@ -118,14 +118,8 @@ async def pace(
     machine ~0.25 cores at 6k msgs/s, taken from the contender it measures."""
     from aiokafka import AIOKafkaProducer
 
-    from hitl_router.router.partitioning import partitions_of
-
     parts = [split_ts(m) for m in messages]
-    keyed = [i for i, k in enumerate(keys) if k is not None]
-    partition = [i % partitions for i in range(len(messages))]  # unkeyed: round robin
-    chosen = partitions_of([keys[i] for i in keyed], partitions).tolist()
-    for i, p in zip(keyed, chosen, strict=True):
-        partition[i] = p
+    partition = partition_of_each(keys, partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
     await producer.start()
     futures = []
