@@ -282,13 +282,15 @@ def spawn_ceiling(
     return procs.Proc(name, argv, setup.tmp / f"{name}.log", env=setup.env)
 
 
-async def ceiling(setup: Setup) -> dict[str, Any]:
-    config = router_config(setup, "ceiling")
-    path = write_config(setup, config, "ceiling")
-    output = f"bench-ceiling-out-{setup.tag}"
-    group = f"bench-ceiling-{setup.tag}"
+async def ceiling(setup: Setup, name: str = "ceiling") -> dict[str, Any]:
+    """The pass-through over the prefilled topic (``name`` tells runs apart: the
+    broker's warm-up is one)."""
+    config = router_config(setup, name)
+    path = write_config(setup, config, name)
+    output = f"bench-{name}-out-{setup.tag}"
+    group = f"bench-{name}-{setup.tag}"
     return await run_processes(
-        setup, [output], lambda: [spawn_ceiling(setup, path, "ceiling", output, group)]
+        setup, [output], lambda: [spawn_ceiling(setup, path, name, output, group)]
     )
 
 

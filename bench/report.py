@@ -339,6 +339,14 @@ HOW_MEASURED = """## How measured
   workload with `hitl_router.simulate.Simulator` and prefills one topic. Each contender
   then reads that same topic from the earliest offset with its own fresh consumer group and
   writes to its own fresh output topics; contenders run one after the other, never together.
+  Before the first measured contender, one unmeasured pass-through over the topic warms the
+  broker: on a fresh JVM its JIT compiler threads took ~3 s of CPU during the first
+  contender (under 1 s on later ones), which charged that work to whichever ran first.
+- **The broker's JVM** runs with Kafka's own start-script settings (1 GB heap, G1 with a
+  20 ms pause goal) and 16 MB G1 regions, as Kafka's operations docs advise. With a small
+  heap's 1 MB regions, every produce request over 512 KB was a humongous allocation that
+  began a concurrent mark cycle: on this load ~3 cycles a second, up to half a core of
+  the machine and 20–60 ms pauses.
 - **Contenders are subprocesses**, started the same way and stopped (SIGTERM, then SIGKILL
   after 20 s) when done, on failure, on Ctrl-C, or after `--timeout` (600 s), which counts
   as a failure:

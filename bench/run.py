@@ -154,6 +154,12 @@ async def run_all(args: argparse.Namespace, setup: Setup, results: dict[str, Any
         log.info("%s: %s", name, report.one_line(res))
         return res
 
+    if not {"router", "ceiling"} <= set(args.skip):
+        # A fresh broker's JVM compiles its hot paths during the first contender (C2
+        # compiler threads took ~3 s of CPU on the first run, under 1 s on later ones),
+        # which charged that work to whichever contender ran first: one unmeasured
+        # pass-through warms it for all.
+        results["warmup"] = await attempt("broker warm-up", contenders.ceiling(setup, "warmup"))
     if "router" not in args.skip:
         results["router"] = await attempt("router", contenders.router(setup))
     if "ceiling" not in args.skip:

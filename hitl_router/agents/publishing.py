@@ -12,7 +12,7 @@ murmur2 of the key, computed for the whole batch with numpy by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from hitl_router.router.outputs import Output
@@ -36,13 +36,33 @@ class BatchPublisher:
         return parts
 
     async def deliver(self, outputs: Sequence[Output]) -> None:
-        """Publish and wait until the broker acknowledged every output."""
-        futures = await self.publish(outputs)
-        if futures:
-            await asyncio.gather(*futures)
+        """Publish and wait until the broker acknowledged every output; raise the first
+        failure if one was not.
 
-    async def publish(self, outputs: Sequence[Output]) -> list[Awaitable[Any]]:
-        """Queue every output; the returned futures resolve when the broker has them."""
+        Only the last future of each partition is awaited: a partition's outputs go out
+        in order, in batches that complete in order (aiokafka keeps one request in
+        flight per broker and puts a retried batch back at the head of its partition's
+        queue), so when the last is done, so are the others. Awaiting every output's
+        future instead (``gather``) scheduled a callback per output when its batch
+        completed. The others are still checked, and awaited should one not be done."""
+        futures, tails = await self.publish(outputs)
+        if tails:
+            await asyncio.gather(*tails, return_exceptions=True)
+        failure: BaseException | None = None
+        for future in futures:
+            if not future.done():
+                await asyncio.wait([future])
+            error = future.exception()
+            if error is not None and failure is None:
+                failure = error
+        if failure is not None:
+            raise failure
+
+    async def publish(
+        self, outputs: Sequence[Output]
+    ) -> tuple[list[asyncio.Future[Any]], list[asyncio.Future[Any]]]:
+        """Queue every output: returns the futures that resolve when the broker has them,
+        and the last one of each partition."""
         by_topic: dict[str, list[Output]] = {}
         for o in outputs:
             by_topic.setdefault(o.topic, []).append(o)
@@ -62,23 +82,28 @@ class BatchPublisher:
         # when that batch is full (send_batch would queue a batch of its own behind it
         # and wait for the previous one to drain) — in this task: a task per partition
         # took 10–20 ms of the loop per batch to queue a few outputs each
-        futures: list[Awaitable[Any]] = []
+        futures: list[asyncio.Future[Any]] = []
+        tails: list[asyncio.Future[Any]] = []
         send = self.producer.send
         large = []
         for (topic, p), outs in grouped.items():
             if len(outs) < self.min_batch:
                 for o in outs:
                     futures.append(await send(topic, o.value, key=o.key, partition=p))
+                tails.append(futures[-1])
             else:
                 large.append(self._send_batches(topic, p, outs))
         # each partition waits for its own free slot (aiokafka queues one batch per
         # partition): in parallel, or a batch would wait out one round trip per partition
         for batch_futures in await asyncio.gather(*large):
             futures.extend(batch_futures)
-        return futures
+            tails.append(batch_futures[-1])
+        return futures, tails
 
-    async def _send_batches(self, topic: str, p: int, outs: list[Output]) -> list[Awaitable[Any]]:
-        futures: list[Awaitable[Any]] = []
+    async def _send_batches(
+        self, topic: str, p: int, outs: list[Output]
+    ) -> list[asyncio.Future[Any]]:
+        futures: list[asyncio.Future[Any]] = []
         create_batch, send_batch = self.producer.create_batch, self.producer.send_batch
         batch = create_batch()
         for o in outs:

@@ -35,7 +35,22 @@ KAFKA_VERSION = "4.0.2"  # keep equal to <kafka.version> in pom.xml (a unit test
 MIN_JAVA = 17
 POM = Path(__file__).with_name("pom.xml")
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
-JVM_OPTS = ("-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true")
+# The JVM settings of Kafka's own start scripts (kafka-server-start.sh's heap,
+# kafka-run-class.sh's G1 options), plus the 16 MB G1 regions Kafka's operations docs
+# recommend. With 1 MB regions (a small heap's default) every produce request or fetch
+# buffer over 512 KB is a "humongous" allocation: on the benchmark's load each one began
+# a concurrent mark cycle, 0.2 s of marking, ~3 cycles a second, up to half a core of the
+# 2-core machine and 20–60 ms pauses (measured with -Xlog:gc: BENCHMARKS.md).
+JVM_OPTS = (
+    "-Xms1g",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:G1HeapRegionSize=16M",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+)
 INSTALL_HINTS = {
     "java": f"Java {MIN_JAVA}+ (e.g. apt-get install openjdk-17-jre-headless)",
     "mvn": "Maven (apt-get install maven)",

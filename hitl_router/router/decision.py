@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hitl_router.router.config import Config, QueueConfig
+from hitl_router.router.config import CalibrationConfig, Config, QueueConfig
 from hitl_router.router.eval_sampler import EvalSampler
 from hitl_router.router.rules import BatchContext, Leaf, evaluate, fired_leaves
 from hitl_router.router.uncertainty import (
@@ -78,7 +78,7 @@ class BatchDecisions:
         return np.flatnonzero(self.fate == fate).tolist()  # type: ignore[no-any-return]
 
     @cached_property
-    def _score_rows(self) -> tuple[list[str], list[list[float]], list[bool]]:
+    def score_rows(self) -> tuple[list[str], list[list[float]], list[bool]]:
         """Score names, each row's scores as Python floats, and whether a row has them
         all (no NaN): converted once per batch."""
         names = list(self.scores)
@@ -88,16 +88,17 @@ class BatchDecisions:
         return names, table.tolist(), (~np.isnan(table)).all(axis=1).tolist()
 
     @cached_property
-    def _temperatures(self) -> list[float]:
-        return self.temperature.tolist()
+    def temperatures(self) -> list[float]:
+        """Each row's temperature, as Python floats."""
+        return self.temperature.tolist()  # type: ignore[no-any-return]
 
     def temperature_of(self, i: int) -> float:
         """Row ``i``'s temperature, as a Python float."""
-        return self._temperatures[i]
+        return self.temperatures[i]
 
     def score_dict(self, i: int) -> dict[str, float]:
         """The scores a prediction has (ensemble scores only with an ensemble)."""
-        names, rows, complete = self._score_rows
+        names, rows, complete = self.score_rows
         if complete[i]:
             return dict(zip(names, rows[i], strict=True))
         return {k: v for k, v in zip(names, rows[i], strict=True) if v == v}  # not NaN
@@ -174,8 +175,9 @@ def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) ->
     memo: dict[int, np.ndarray] = {}
     if rules:
         models = [d["model"] if d is not None else "" for d in parsed.docs]
+        temperature_of = _TemperatureLookup(config.calibration)
         for group in parsed.groups:
-            t = np.array([config.calibration.temperature(models[i]) for i in group.rows])
+            t = temperature_of(models, group.rows)
             temperature[group.rows] = t
             calibrated = _calibrate(group.probs, t)
             for name, values in scores(calibrated).items():
@@ -208,6 +210,23 @@ def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) ->
         memo,
         parsed.raws,
     )
+
+
+class _TemperatureLookup:
+    """Each row's temperature, looked up once per model name in a batch."""
+
+    def __init__(self, calibration: CalibrationConfig) -> None:
+        self.calibration = calibration
+        self.known: dict[str, float] = {}
+
+    def __call__(self, models: list[str], rows: np.ndarray) -> np.ndarray:
+        if not self.calibration.temperatures:
+            return np.ones(len(rows))
+        known, lookup = self.known, self.calibration.temperature
+        names = [models[i] for i in rows.tolist()]
+        for name in set(names).difference(known):
+            known[name] = lookup(name)
+        return np.array([known[name] for name in names])
 
 
 def _calibrate(p: np.ndarray, t: np.ndarray) -> np.ndarray:

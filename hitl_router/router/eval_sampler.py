@@ -35,19 +35,20 @@ class EvalSampler:
         self.salt = salt
         key = salt.encode("utf-8")
         self._key = key if len(key) <= 64 else hashlib.blake2b(key).digest()
+        # a keyed BLAKE2b hashes the key as a first block: hash it once, copy per id
+        self._keyed = hashlib.blake2b(digest_size=8, key=self._key)
 
     def uniform(self, ids: Sequence[str]) -> np.ndarray:
-        """The draw's uniform variate in [0, 1) for each id."""
-        key = self._key
-        blake = hashlib.blake2b
-        out = np.fromiter(
-            (
-                int.from_bytes(blake(i.encode("utf-8"), digest_size=8, key=key).digest(), "big")
-                for i in ids
-            ),
-            dtype=np.uint64,
-            count=len(ids),
-        )
+        """The draw's uniform variate in [0, 1) for each id: its 8-byte digest read as a
+        big-endian integer, over 2**64."""
+        keyed = self._keyed
+        digests: list[bytes] = []
+        append = digests.append
+        for i in ids:
+            h = keyed.copy()
+            h.update(i.encode("utf-8"))
+            append(h.digest())
+        out = np.frombuffer(b"".join(digests), dtype=">u8")
         return out.astype(np.float64) / _SCALE
 
     def draw(self, ids: Sequence[str]) -> np.ndarray:

@@ -10,7 +10,7 @@ import base64
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -27,8 +27,9 @@ class Source:
     offset: int
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):
+    """One message to publish (a named tuple: made for every output, it must be cheap)."""
+
     topic: str
     key: bytes | None
     value: bytes
@@ -152,9 +153,27 @@ def router_outputs(
             Output(batch.policy.queues[int(batch.queue[i])].topic, item["id"].encode(), dumps(item))
         )
     if config.topics.accepted:
+        # accepted_item, inlined: the one output most predictions get
+        topic, docs, raws_of = config.topics.accepted, batch.docs, batch.raws
+        info, fragment = router_info(batch), orjson.Fragment
+        names, score_rows, complete = batch.score_rows
+        temperatures = batch.temperatures
         for i in batch.rows(PASS):
-            item = accepted_item(batch, i, now)
-            out.append(Output(config.topics.accepted, item["id"].encode(), dumps(item)))
+            pid = docs[i]["id"]  # type: ignore[index]
+            item = {
+                "id": pid,
+                "model": docs[i]["model"],  # type: ignore[index]
+                "scores": (
+                    dict(zip(names, score_rows[i], strict=True))
+                    if complete[i]
+                    else batch.score_dict(i)
+                ),
+                "temperature": temperatures[i],
+                "prediction": fragment(raws_of[i]),  # type: ignore[arg-type]
+                "routed_at": now,
+                "router": info,
+            }
+            out.append(Output(topic, pid.encode(), dumps(item)))
     return out
 
 

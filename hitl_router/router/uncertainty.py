@@ -73,8 +73,8 @@ def ensemble_scores(members: np.ndarray) -> dict[str, np.ndarray]:
     log_mean = np.log(np.maximum(mean, _TINY))[:, None, :]
     kl = np.sum(m * (log_m - log_mean), axis=-1).mean(axis=1)
     votes = m.argmax(axis=-1)
-    counts = np.zeros((n, k), dtype=np.float64)
-    np.add.at(counts, (np.repeat(np.arange(n), n_members), votes.ravel()), 1.0)
+    cells = (np.arange(n)[:, None] * k + votes).ravel()  # (row, voted class) as one index
+    counts = np.bincount(cells, minlength=n * k).reshape(n, k).astype(np.float64)
     member_entropy = -np.sum(m * log_m, axis=-1).mean(axis=1)
     return {
         "ensemble_kl": np.maximum(kl, 0.0),

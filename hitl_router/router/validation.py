@@ -147,7 +147,8 @@ class _Typed(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     label: str | int | UnsetType = UNSET  # replay inputs may carry the true class
 
 
-_TYPED_FIELDS = _Typed.__struct_fields__
+_OPTIONAL_FIELDS = tuple(f for f in _Typed.__struct_fields__ if f not in ("id", "model", "probs"))
+_asdict = msgspec.structs.asdict
 _typed_decoder = msgspec.json.Decoder(_Typed)
 _INT64_MIN, _UINT64_END = -(2**63), 2**64  # orjson's integers; beyond, it makes floats
 
@@ -178,8 +179,10 @@ def typed_decode(
                 return None
     if type(p.label) is int and not _INT64_MIN <= p.label < _UINT64_END:
         return None
-    values = msgspec.structs.astuple(p)
-    doc = {f: v for f, v in zip(_TYPED_FIELDS, values, strict=True) if v is not UNSET}
+    doc = _asdict(p)
+    for f in _OPTIONAL_FIELDS:
+        if doc[f] is UNSET:
+            del doc[f]
     return doc, (k, members)
 
 

@@ -223,3 +223,22 @@ def test_is_reachable_accepts_lists_and_default_port() -> None:
     closed = free_port()
     assert not is_reachable(f" 127.0.0.1:{closed} , 127.0.0.1:{free_port()}")
     assert isinstance(is_reachable("127.0.0.1"), bool)  # port 9092 implied
+
+
+def test_broker_heap_regions_hold_the_largest_produce_request() -> None:
+    """A produce request is read into one heap buffer; G1 treats a buffer of half a region
+    or more as "humongous" (allocated in old space, starting a concurrent mark cycle).
+    The worker's largest request must stay below that, or the local broker spends a
+    large share of the machine marking (BENCHMARKS.md)."""
+    from hitl_router.agents.app import build_app
+    from hitl_router.router.config import parse_config
+
+    opts = dict(o.split("=", 1) for o in broker.JVM_OPTS if "=" in o)
+    region = opts["-XX:G1HeapRegionSize"]
+    assert region.endswith("M")
+    region_bytes = int(region[:-1]) * 1024 * 1024
+    heap = next(o for o in broker.JVM_OPTS if o.startswith("-Xmx"))
+    assert heap == next(o for o in broker.JVM_OPTS if o.startswith("-Xms")).replace("s", "x", 1)
+    app = build_app(parse_config({"kafka": {"bootstrap_servers": "127.0.0.1:1"}}))
+    assert app.conf.producer_max_request_size < region_bytes // 2
+    assert app.conf.producer_max_batch_size < region_bytes // 2

@@ -122,6 +122,25 @@ def test_temperature_applies_before_thresholds():
     assert d.scores["max_prob"][0] < 0.7
 
 
+def test_each_row_gets_its_models_temperature():
+    """Versioned names fall back to the bare name; unknown models keep T = 1; rows of
+    several models and shapes mixed in one batch each get their own."""
+    temps = {"a": 2.0, "a@3": 0.5, "b": 4.0}
+    hot = policy(calibration={"temperatures": temps})
+    models = ["a@1", "a@3", "c", "b@9", "a", "a@3", "c@2", "b"]
+    raw = [
+        msg(f"r{i}", [0.6, 0.4] if i % 2 else [0.5, 0.3, 0.2], model=m)
+        for i, m in enumerate(models)
+    ]
+    d = decide_batch(raw, hot)
+    assert d.temperature.tolist() == [2.0, 0.5, 1.0, 4.0, 2.0, 0.5, 1.0, 4.0]
+    # a row's temperature and scores are what it gets alone
+    for i, r in enumerate(raw):
+        alone = decide_batch([r], hot)
+        assert alone.temperature[0] == d.temperature[i]
+        assert alone.scores["max_prob"][0] == d.scores["max_prob"][i]
+
+
 def test_invalid_messages_do_not_disturb_the_batch():
     pol = policy(queues=QUEUES[:3])
     good = msg("g", [0.9, 0.1])
