@@ -22,6 +22,7 @@ typed one (BENCHMARKS.md).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -104,8 +105,8 @@ def parse_batch(raws: Sequence[bytes], limits: LimitsConfig, *, typed: bool = Tr
     two)."""
     docs: list[dict[str, Any] | None] = [None] * len(raws)
     errors: dict[int, ErrorInfo] = {}
-    shapes: dict[tuple[int, int], list[int]] = {}
-    untyped: set[int] = set()  # rows whose numbers the typed decoder did not check
+    exact: dict[tuple[int, int], list[int]] = {}  # shape → rows of the exact path
+    typed_rows: dict[tuple[int, int], tuple[list[int], array[float], array[float]]] = {}
     for i, raw in enumerate(raws):
         fast = typed_decode(raw, limits) if typed else None
         if fast is None:
@@ -115,14 +116,35 @@ def parse_batch(raws: Sequence[bytes], limits: LimitsConfig, *, typed: bool = Tr
             except Invalid as exc:
                 errors[i] = exc.info
                 continue
-            untyped.add(i)
-        else:
-            doc, shape = fast
+            docs[i] = doc
+            exact.setdefault(shape, []).append(i)
+            continue
+        doc, shape = fast
         docs[i] = doc
-        shapes.setdefault(shape, []).append(i)
+        numbers = typed_rows.get(shape)
+        if numbers is None:
+            numbers = typed_rows[shape] = ([], array("d"), array("d"))
+        # copied out now, while this message's floats are still in the CPU's cache: read
+        # back after the whole batch is decoded, they cost several times more
+        numbers[0].append(i)
+        numbers[1].extend(doc["probs"])
+        if shape[1]:
+            extend = numbers[2].extend
+            for member in doc["ensemble"]:
+                extend(member)
     groups = []
-    for (_, n_members), rows in shapes.items():
-        group = _numeric_group(rows, n_members, docs, errors, untyped)
+    for (k, n_members), (rows, probs, members) in typed_rows.items():
+        group = _checked_group(
+            rows,
+            np.frombuffer(probs).reshape(-1, k),
+            np.frombuffer(members).reshape(-1, n_members, k) if n_members else None,
+            docs,
+            errors,
+        )
+        if group is not None:
+            groups.append(group)
+    for (_, n_members), rows in exact.items():
+        group = _numeric_group(rows, n_members, docs, errors)
         if group is not None:
             groups.append(group)
     return ParsedBatch(docs, errors, groups, raws)
@@ -312,24 +334,19 @@ def _numeric_group(
     n_members: int,
     docs: list[dict[str, Any] | None],
     errors: dict[int, ErrorInfo],
-    untyped: set[int],
 ) -> Group | None:
-    """Type-check and range-check the numbers of same-shaped rows, a group at a time.
+    """Type-check and range-check the numbers of same-shaped rows of the exact path.
 
-    The typed path checked its rows' element types while decoding. For the ``untyped``
-    rows they are checked in one pass (``set(map(type, …))`` in C); only a group holding
-    a non-number looks row by row for the culprits.
+    Element types are checked in one pass (``set(map(type, …))`` in C); only a group
+    holding a non-number looks row by row for the culprits.
     """
     chosen: list[dict[str, Any]] = [docs[i] for i in rows]  # type: ignore[misc]
-    if untyped:
-        unchecked = [(i, d) for i, d in zip(rows, chosen, strict=True) if i in untyped]
-        if unchecked:
-            dropped = _drop_non_numbers(unchecked, n_members, docs, errors)
-            if dropped:
-                kept = [(i, d) for i, d in zip(rows, chosen, strict=True) if i not in dropped]
-                if not kept:
-                    return None
-                rows, chosen = [i for i, _ in kept], [d for _, d in kept]
+    dropped = _drop_non_numbers(list(zip(rows, chosen, strict=True)), n_members, docs, errors)
+    if dropped:
+        kept = [(i, d) for i, d in zip(rows, chosen, strict=True) if i not in dropped]
+        if not kept:
+            return None
+        rows, chosen = [i for i, _ in kept], [d for _, d in kept]
     g, k = len(chosen), len(chosen[0]["probs"])
     probs = np.fromiter(
         chain.from_iterable(d["probs"] for d in chosen), np.float64, count=g * k
@@ -341,8 +358,20 @@ def _numeric_group(
             np.float64,
             count=g * n_members * k,
         ).reshape(g, n_members, k)
+    return _checked_group(rows, probs, members, docs, errors)
+
+
+def _checked_group(
+    rows: list[int],
+    probs: np.ndarray,
+    members: np.ndarray | None,
+    docs: list[dict[str, Any] | None],
+    errors: dict[int, ErrorInfo],
+) -> Group | None:
+    """The group of ``rows`` whose numbers are in range, the others rejected."""
     bad = _bad_rows(probs, "probs", rows, errors)
     if members is not None:
+        n_members, k = members.shape[1:]
         flat = members.reshape(-1, k)
         member_bad = _bad_rows(flat, "ensemble", rows, errors, per_row=n_members, skip=bad)
         bad |= member_bad
