@@ -163,3 +163,15 @@ def test_typed_path_refuses_what_it_cannot_vouch_for() -> None:
 @given(prediction_like())
 def test_random_predictions_agree(doc: dict[str, Any]) -> None:
     assert_same([orjson.dumps(doc)])
+
+
+@pytest.mark.parametrize("typed", [True, False])
+def test_ensemble_numbers_live_in_the_group_not_the_doc(typed: bool) -> None:
+    members = [[0.1, 0.9], [0.3, 0.7], [0.25, 0.75]]
+    raw = orjson.dumps({"id": "a", "model": "m", "probs": [0.2, 0.8], "ensemble": members})
+    batch = parse_batch([raw, raw.replace(b'"a"', b'"b"')], LIMITS, typed=typed)
+    assert not batch.errors
+    assert all("ensemble" not in d and d["probs"] == [0.2, 0.8] for d in batch.docs)
+    (group,) = batch.groups
+    assert group.rows.tolist() == [0, 1]
+    np.testing.assert_array_equal(group.members, [members, members])
