@@ -24,7 +24,6 @@ from hitl_router.router.config import Config, load_config
 def worker_client_settings(config: Config) -> dict[str, Any]:
     """The Kafka client settings of the worker's Faust app for ``config``."""
     from hitl_router.agents.app import build_app
-    from hitl_router.agents.batching import BatchingConsumer
 
     conf = build_app(config, web_port=65535).conf
     acks = conf.producer_acks
@@ -45,7 +44,7 @@ def worker_client_settings(config: Config) -> dict[str, Any]:
         "broker_commit_every": conf.broker_commit_every,
         "worker_batch_size": config.worker.batch_size,
         # the router's fetch loop waits for the oldest batch beyond this many messages
-        "worker_in_flight_messages": BatchingConsumer.max_in_flight * config.worker.batch_size,
+        "worker_in_flight_messages": config.worker.max_in_flight * config.worker.batch_size,
     }
 
 

@@ -108,7 +108,7 @@ class BatchingConsumer(Consumer):
 
     #: topic → (number of agents, function delivering a batch to them)
     batch_topics: Mapping[str, tuple[int, BatchSink]] = {}
-    max_in_flight: int = 2
+    max_in_flight: int = 4
     #: seconds a stop or rebalance waits for batches in flight before forgetting them
     settle_grace: float = 5.0
     #: how long the broker may hold a fetch waiting for data (Faust's own: 1500)

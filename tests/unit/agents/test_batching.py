@@ -57,3 +57,22 @@ def test_same_bookkeeping_as_faust_ack() -> None:
     assert bulk._acked[tp] == one_by_one._acked[tp] == [6, 7, 9, 12]
     assert bulk._acked_index[tp] == one_by_one._acked_index[tp]
     assert bulk._n_acked == one_by_one._n_acked == 4
+
+
+def test_worker_settings_reach_the_consumer() -> None:
+    """``worker.max_in_flight`` and ``worker.fetch_max_wait_ms`` from the config are what
+    the app's batching consumer uses (no broker: the consumer is only built)."""
+    from hitl_router.agents.app import build_app
+    from hitl_router.router.config import parse_config
+
+    config = parse_config(
+        {
+            "kafka": {"bootstrap_servers": "127.0.0.1:1"},
+            "worker": {"batch_size": 300, "max_in_flight": 7, "fetch_max_wait_ms": 20},
+        }
+    )
+    app = build_app(config)
+    consumer = app._new_consumer()
+    assert isinstance(consumer, BatchingConsumer)
+    assert consumer.max_in_flight == 7 and consumer.fetch_max_wait_ms == 20
+    assert app.conf.broker_max_poll_records == 300

@@ -106,6 +106,8 @@ def test_defaults_when_empty():
             "unknown key",
         ),
         ({"calibration": {"temperatures": {"m": 0}}}, "calibration.temperatures.m", "> 0"),
+        ({"worker": {"max_in_flight": 0}}, "worker.max_in_flight", "1 to 100"),
+        ({"worker": {"max_in_flight": 2.5}}, "worker.max_in_flight", "expected an integer"),
     ],
 )
 def test_bad_config_names_key_and_problem(data, key, fragment):
