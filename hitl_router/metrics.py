@@ -183,24 +183,30 @@ class RouterMetrics:
         ``times`` holds each message's prediction time (unix seconds).
         """
         self.batch_size.observe(batch.n)
-        counts: dict[tuple[str, str, str], int] = {}
-        models: dict[str, int] = {}
         queues = batch.policy.queues
-        fates = batch.fate.tolist()
-        queue_idx = batch.queue.tolist()
-        for doc, fate, q in zip(batch.docs, fates, queue_idx, strict=True):
-            if doc is None:
-                continue
-            model = doc["model"]
-            models[model] = models.get(model, 0) + 1
+        valid = batch.fate != DEADLETTER
+        models = [doc["model"] for doc in batch.docs if doc is not None]
+        names = list(dict.fromkeys(models))  # each model once, in order of appearance
+        if len(names) == 1:
+            model_of = np.zeros(len(models), dtype=np.int64)
+        else:
+            index = {m: j for j, m in enumerate(names)}
+            model_of = np.fromiter((index[m] for m in models), np.int64, count=len(models))
+        for j, c in enumerate(np.bincount(model_of, minlength=len(names)).tolist()):
+            self.predictions.labels(self.model_label(names[j])).inc(c)
+        # one cell per (model, fate, queue + 1): every decision counted in one bincount
+        n_fates, n_cells = len(FATES), len(queues) + 1
+        cell = (model_of * n_fates + batch.fate[valid]) * n_cells + batch.queue[valid] + 1
+        counts = np.bincount(cell, minlength=len(names) * n_fates * n_cells)
+        for c in np.flatnonzero(counts).tolist():
+            m, rest = divmod(c, n_fates * n_cells)
+            fate, q = divmod(rest, n_cells)
             if fate == EVAL:
-                continue
-            key = (model, FATES[fate], queues[q].name if q >= 0 else "")
-            counts[key] = counts.get(key, 0) + 1
-        for model, c in models.items():
-            self.predictions.labels(self.model_label(model)).inc(c)
-        for (model, fate_name, queue), c in counts.items():
-            self.decisions.labels(self.model_label(model), fate_name, queue).inc(c)
+                continue  # the sampler's to count
+            queue = queues[q - 1].name if q else ""
+            self.decisions.labels(self.model_label(names[m]), FATES[fate], queue).inc(
+                int(counts[c])
+            )
         codes: dict[str, int] = {}
         for err in batch.errors.values():
             codes[err.code] = codes.get(err.code, 0) + 1

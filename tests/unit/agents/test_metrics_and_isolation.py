@@ -59,6 +59,62 @@ def test_router_metrics_count_fates_rules_and_codes():
     assert get("hitl_decision_latency_seconds_bucket", {"le": "0.01"}) == 0
 
 
+def test_router_decision_counts_match_a_row_by_row_count():
+    """Over a mixed batch (several models, some over the label bound, eval draws,
+    several queues, dead letters), the counters hold what counting each row gives."""
+    import random
+    from collections import Counter
+
+    policy = Policy(
+        parse_config(
+            {
+                "eval_sample": {"rate": 0.2, "salt": "x"},
+                "queues": [
+                    {"name": "flagged", "when": {"flags_any": ["pii"]}},
+                    {"name": "low", "when": {"max_prob_below": 0.7}},
+                    {"name": "close", "when": {"margin_below": 0.3}},
+                ],
+            }
+        )
+    )
+    rng = random.Random(7)
+    raws = []
+    for i in range(600):
+        top = rng.uniform(0.5, 1.0)
+        kw = {"flags": ["pii"]} if rng.random() < 0.05 else {}
+        raws.append(raw(f"r{i}", [top, 1 - top], model=rng.choice("abcde"), **kw))
+        if rng.random() < 0.03:
+            raws.append(b"not json")
+    batch = decide_batch(raws, policy)
+    reg = CollectorRegistry()
+    metrics = RouterMetrics(reg, max_models=3)
+    metrics.observe_router(batch, [1.0] * len(raws), now=1.0)
+    expected, predictions = Counter(), Counter()
+    for i, doc in enumerate(batch.docs):
+        if doc is None:
+            expected["", "deadletter", ""] += 1
+            continue
+        model = metrics.model_label(doc["model"])
+        predictions[model] += 1
+        if batch.fate_name(i) != "eval":
+            expected[model, batch.fate_name(i), batch.queue_name(i) or ""] += 1
+    assert len(predictions) == 4 and set(f for _, f, _ in expected) == {
+        "deadletter",
+        "review",
+        "pass",
+    }
+    got = {
+        (s.labels["model"], s.labels["fate"], s.labels["queue"]): s.value
+        for family in reg.collect()
+        if family.name == "hitl_decisions"
+        for s in family.samples
+        if s.name == "hitl_decisions_total"
+    }
+    assert got == expected
+    for model, n in predictions.items():
+        assert reg.get_sample_value("hitl_predictions_total", {"model": model}) == n
+
+
 def test_sampler_metrics_count_eval_only():
     reg = CollectorRegistry()
     metrics = RouterMetrics(reg)
