@@ -187,8 +187,10 @@ class OutputReader:
         ends = await self._consumer.end_offsets(self._tps)
         return sum(ends.values())
 
-    async def drain(self, timeout: float = 300.0) -> None:
-        """Read everything up to the current end offsets."""
+    async def drain(
+        self, timeout: float = 300.0, handle: Callable[[Any], None] | None = None
+    ) -> None:
+        """Read everything up to the current end offsets (each record also to ``handle``)."""
         consumer = await self._assign()
         ends = await consumer.end_offsets(self._tps)
         deadline = time.monotonic() + timeout
@@ -203,17 +205,8 @@ class OutputReader:
             for tp, records in batches.items():
                 for r in records:
                     add(tp.topic, r.key, r.timestamp)
-
-    async def live(self, handle: Callable[[Any, float], None], stop: asyncio.Event) -> None:
-        """Hand every record to ``handle(record, received_at)`` as it arrives, until ``stop``."""
-        consumer = await self._assign()
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=50)
-            now = time.time()
-            for tp, records in batches.items():
-                for r in records:
-                    self.stats.add(tp.topic, r.key, r.timestamp)
-                    handle(r, now)
+                    if handle is not None:
+                        handle(r)
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None

@@ -9,9 +9,8 @@ rewritten to its send time) and prints a JSON summary line.
 The output topics are created with ``message.timestamp.type=LogAppendTime``: the broker
 stamps each output when it appends it, the moment it becomes readable. The latency of an
 output is that stamp − ``prediction.ts`` (the target's "prediction produced → output
-readable"). The probe also reads every output topic as records arrive and records
-``received_at - prediction.ts``, which adds the probe's own consumer: with many
-output partitions, some idle, its fetches can wait out ``fetch_max_wait_ms``.
+readable"). The stamps are read after the run: a consumer reading (and parsing) every
+output while the contender runs took ~0.2–0.3 of the machine's 2 cores from it.
 
     python -m bench.latency --bootstrap HOST:PORT --topic T --partitions P --rate R --seconds S
 """
@@ -23,7 +22,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -75,27 +74,25 @@ class LatencyProbe:
 
     def __init__(self) -> None:
         self.since = float("inf")
-        self.received: list[float] = []
         self.appended: list[float] = []
         self.stamps: list[float] = []  # prediction ts of each, for the trace
         self.unstamped = 0
 
-    def __call__(self, record: Any, received_at: float) -> None:
+    def __call__(self, record: Any) -> None:
         ts = prediction_ts(record.value)
         if ts is None:
             self.unstamped += 1
         elif ts >= self.since:
-            self.received.append(received_at - ts)
             self.appended.append(record.timestamp / 1000.0 - ts)
             self.stamps.append(ts)
 
     def save_trace(self, path: Any) -> None:
-        """Columns: prediction ts, seconds to received, seconds to LogAppendTime (``--keep``)."""
-        np.save(path, np.array([self.stamps, self.received, self.appended]).T)
+        """Columns: prediction ts, seconds to LogAppendTime (``--keep``)."""
+        np.save(path, np.array([self.stamps, self.appended]).T)
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"measured": len(self.received), "unstamped": self.unstamped}
-        for name, values in (("receive", self.received), ("append", self.appended)):
+        out: dict[str, Any] = {"measured": len(self.appended), "unstamped": self.unstamped}
+        for name, values in (("append", self.appended),):
             if values:
                 ms = np.asarray(values) * 1000.0
                 out[f"{name}_p50_ms"] = float(np.percentile(ms, 50))
@@ -192,8 +189,6 @@ async def measure(
     reader = OutputReader(setup.bootstrap, outputs, setup.partitions)
     await reader.start()
     probe = LatencyProbe()
-    stop = asyncio.Event()
-    live = asyncio.create_task(reader.live(probe, stop))
     running: list[procs.Proc] = []
     try:
         running = start()
@@ -212,7 +207,7 @@ async def measure(
         await prefill(
             setup.bootstrap, input_topic, setup.messages[warm], setup.keys[warm], setup.partitions
         )
-        await _wait_for(lambda: reader.stats.total >= WARMUP, running, setup.timeout, "warm-up")
+        await _wait_for(reader.end_total, WARMUP, running, setup.timeout, "warm-up")
         line = await _read_line(pacer, setup.timeout)
         if line != "ready":
             raise contenders.ContenderFailed(
@@ -229,10 +224,9 @@ async def measure(
         u1 = procs.Usage.now(pids, setup.broker_pid)
         w1 = procs.cpu_seconds(running[0].pid)
         expected = WARMUP + paced["sent"] - paced["failed"]
-        await _wait_for(lambda: reader.stats.total >= expected, running[:1], 60.0, "outputs")
+        await _wait_for(reader.end_total, expected, running[:1], 60.0, "outputs")
+        await reader.drain(handle=probe)  # the broker's stamps, read once the run is over
     finally:
-        stop.set()
-        await live
         stop_s = procs.stop_all(running)
         await reader.stop()
     probe.save_trace(setup.tmp / f"{name}-trace.npy")
@@ -245,6 +239,7 @@ async def measure(
         "sent": paced["sent"],
         "failed_sends": paced["failed"],
         "outputs": reader.stats.total - WARMUP,
+        "outputs_read_after_run": True,
         "worker_cores": (w1 - w0) / max(u1.at - u0.at, 1e-9),
         "machine_busy_cores": usage["machine_busy_cores"],
         "others_cores": usage["others_cores"],
@@ -255,10 +250,15 @@ async def measure(
 
 
 async def _wait_for(
-    cond: Callable[[], bool], running: list[procs.Proc], timeout: float, what: str
+    count: Callable[[], Awaitable[int]],
+    at_least: int,
+    running: list[procs.Proc],
+    timeout: float,
+    what: str,
 ) -> None:
+    """Until ``await count()`` reaches ``at_least`` (end offsets: no record is read)."""
     deadline = time.monotonic() + timeout
-    while not cond():
+    while await count() < at_least:
         contenders.check_alive(running)
         if time.monotonic() > deadline:
             raise contenders.ContenderFailed(f"timed out after {timeout:.0f}s waiting for {what}")
