@@ -37,6 +37,7 @@ def worker_client_settings(config: Config) -> dict[str, Any]:
         "consumer_max_poll_records": conf.broker_max_poll_records,
         "consumer_max_fetch_size": conf.consumer_max_fetch_size,
         "consumer_fetch_max_wait_ms": config.worker.fetch_max_wait_ms,
+        "consumer_fetch_min_bytes": config.worker.fetch_min_bytes,
         "consumer_check_crcs": conf.broker_check_crcs,
         "consumer_auto_offset_reset": conf.consumer_auto_offset_reset,
         "stream_buffer_maxsize": conf.stream_buffer_maxsize,
@@ -60,6 +61,7 @@ async def pass_through(config: Config, output: str, group: str) -> None:
         max_poll_records=s["consumer_max_poll_records"],
         max_partition_fetch_bytes=s["consumer_max_fetch_size"],
         fetch_max_wait_ms=s["consumer_fetch_max_wait_ms"],
+        fetch_min_bytes=s["consumer_fetch_min_bytes"],
         check_crcs=s["consumer_check_crcs"],
     )
     producer = AIOKafkaProducer(

@@ -314,8 +314,10 @@ def markdown(results: Result) -> str:
         "",
         "Read at run time from the Faust app that `hitl_router.agents.app.build_app` makes for "
         "the benchmark's config; the ceiling's aiokafka clients use the same values. "
-        "`consumer_fetch_max_wait_ms` is not a Faust setting (Faust's aiokafka driver "
-        "hard-codes 1500): the worker's consumer sets it from `worker.fetch_max_wait_ms`.",
+        "`consumer_fetch_max_wait_ms` and `consumer_fetch_min_bytes` are not Faust settings "
+        "(Faust's aiokafka driver hard-codes 1500 ms and leaves aiokafka's 1 byte): the "
+        "worker's consumer sets them from `worker.fetch_max_wait_ms` and "
+        "`worker.fetch_min_bytes`.",
         "",
         *_md_table(["setting", "value"], settings),
         HOW_MEASURED,

@@ -72,6 +72,7 @@ class RouterApp(faust.App):
 
     batch_topics: dict[str, tuple[int, BatchSink]]
     fetch_max_wait_ms: int = 50
+    fetch_min_bytes: int = 32768
     max_in_flight: int = 4
 
     def _new_consumer(self) -> BatchingConsumer:
@@ -85,6 +86,7 @@ class RouterApp(faust.App):
         )
         consumer.batch_topics = self.batch_topics
         consumer.fetch_max_wait_ms = self.fetch_max_wait_ms
+        consumer.fetch_min_bytes = self.fetch_min_bytes
         consumer.max_in_flight = self.max_in_flight
         return consumer
 
@@ -189,6 +191,7 @@ def build_app(
 
     app.batch_topics = {config.topics.predictions: (len(channels), fan_out)}
     app.fetch_max_wait_ms = config.worker.fetch_max_wait_ms
+    app.fetch_min_bytes = config.worker.fetch_min_bytes
     app.max_in_flight = config.worker.max_in_flight
     return app
 

@@ -95,10 +95,12 @@ class _ConsumerThread(AIOKafkaConsumerThread):
     full speed and a p50 latency above a second at half speed (BENCHMARKS.md)."""
 
     fetch_max_wait_ms: int = 1500
+    fetch_min_bytes: int = 1  # aiokafka's default
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        consumer._fetch_min_bytes = self.fetch_min_bytes
         return consumer
 
 
@@ -113,10 +115,13 @@ class BatchingConsumer(Consumer):
     settle_grace: float = 5.0
     #: how long the broker may hold a fetch waiting for data (Faust's own: 1500)
     fetch_max_wait_ms: int = 50
+    #: how much data the broker waits for before it answers a fetch (aiokafka's own: 1)
+    fetch_min_bytes: int = 32768
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
         thread.fetch_max_wait_ms = self.fetch_max_wait_ms
+        thread.fetch_min_bytes = self.fetch_min_bytes
         return thread
 
     def __post_init__(self) -> None:  # pragma: no cover - mode calls it after __init__

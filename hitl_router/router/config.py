@@ -105,6 +105,8 @@ class MetricsConfig:
 class WorkerConfig:
     batch_size: int = 1000
     fetch_max_wait_ms: int = 50
+    #: the broker answers a fetch once it has this many bytes (or the wait is up)
+    fetch_min_bytes: int = 32768
     #: batches' worth of messages (× batch_size) decided but not yet delivered before
     #: the fetch loop waits for the oldest batch's outputs
     max_in_flight: int = 4
@@ -202,6 +204,8 @@ def parse_config(data: Any) -> Config:
         raise ConfigError("worker.batch_size", f"must be ≥ 1, got {worker.batch_size}")
     if not 0 <= worker.fetch_max_wait_ms <= 60_000:
         raise ConfigError("worker.fetch_max_wait_ms", "must be between 0 and 60000")
+    if not 1 <= worker.fetch_min_bytes <= 52_428_800:
+        raise ConfigError("worker.fetch_min_bytes", "must be between 1 and 52428800 (50 MiB)")
     if not 1 <= worker.max_in_flight <= 100:
         raise ConfigError("worker.max_in_flight", f"must be 1 to 100, got {worker.max_in_flight}")
     cfg = Config(

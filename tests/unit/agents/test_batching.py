@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
+from typing import Any
 
 from faust.types import TP
 
@@ -60,15 +62,20 @@ def test_same_bookkeeping_as_faust_ack() -> None:
 
 
 def test_worker_settings_reach_the_consumer() -> None:
-    """``worker.max_in_flight`` and ``worker.fetch_max_wait_ms`` from the config are what
-    the app's batching consumer uses (no broker: the consumer is only built)."""
+    """``worker.max_in_flight`` and the fetch settings from the config are what the app's
+    batching consumer and its aiokafka consumer use (no broker: they are only built)."""
     from hitl_router.agents.app import build_app
     from hitl_router.router.config import parse_config
 
     config = parse_config(
         {
             "kafka": {"bootstrap_servers": "127.0.0.1:1"},
-            "worker": {"batch_size": 300, "max_in_flight": 7, "fetch_max_wait_ms": 20},
+            "worker": {
+                "batch_size": 300,
+                "max_in_flight": 7,
+                "fetch_max_wait_ms": 20,
+                "fetch_min_bytes": 999,
+            },
         }
     )
     app = build_app(config)
@@ -76,3 +83,12 @@ def test_worker_settings_reach_the_consumer() -> None:
     assert isinstance(consumer, BatchingConsumer)
     assert consumer.max_in_flight == 7 and consumer.fetch_max_wait_ms == 20
     assert app.conf.broker_max_poll_records == 300
+    # ... and the aiokafka consumer Faust's consumer thread creates
+    thread = consumer._new_consumer_thread()
+
+    async def create() -> Any:  # aiokafka wants a running loop
+        return thread._create_worker_consumer(app.transport)
+
+    aiokafka_consumer = asyncio.run(create())
+    assert aiokafka_consumer._fetch_max_wait_ms == 20
+    assert aiokafka_consumer._fetch_min_bytes == 999

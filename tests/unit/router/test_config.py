@@ -140,3 +140,11 @@ def test_calibration_temperature_by_bare_name_or_version():
     assert cfg.calibration.temperature("m@3") == 1.5
     assert cfg.calibration.temperature("m@4") == 2.0
     assert cfg.calibration.temperature("other") == 1.0
+
+
+def test_worker_fetch_settings():
+    assert parse_config({}).worker.fetch_min_bytes == 32768
+    cfg = parse_config({"worker": {"fetch_min_bytes": 1, "fetch_max_wait_ms": 0}})
+    assert (cfg.worker.fetch_min_bytes, cfg.worker.fetch_max_wait_ms) == (1, 0)
+    with pytest.raises(ConfigError, match="worker.fetch_min_bytes"):
+        parse_config({"worker": {"fetch_min_bytes": 0}})
