@@ -602,13 +602,12 @@ def test_outputs_validate_against_their_schemas() -> None:
             assert seen.get(topic, 0) > 0, (topic, seen)
     assert ops == set(SCHEMAS["review_item"]["$defs"]["reason"]["properties"]["op"]["enum"])
     assert encodings == {"utf-8", "base64"}
-    # the accepted items built one by one are the same ones
+    # the accepted items built one by one (router_outputs inlines accepted_item) are the
+    # same ones, byte for byte and in order
     passed = [outputs.accepted_item(batch, int(i), now) for i in batch.rows(PASS)]
     assert len(passed) == seen[config.topics.accepted]
-    assert all(
-        by_topic[config.topics.accepted].is_valid(orjson.loads(orjson.dumps(item)))
-        for item in passed
-    )
+    published = [o.value for o in sent if o.topic == config.topics.accepted]
+    assert published == [orjson.dumps(item) for item in passed]
 
 
 def test_base64_dead_letter_round_trips() -> None:
