@@ -345,12 +345,11 @@ def _numeric_group(
     holding a non-number looks row by row for the culprits.
     """
     chosen: list[dict[str, Any]] = [docs[i] for i in rows]  # type: ignore[misc]
-    dropped = _drop_non_numbers(list(zip(rows, chosen, strict=True)), n_members, docs, errors)
-    if dropped:
-        kept = [(i, d) for i, d in zip(rows, chosen, strict=True) if i not in dropped]
-        if not kept:
+    kept = _drop_non_numbers(rows, chosen, n_members, docs, errors)
+    if kept is not None:
+        rows, chosen = kept
+        if not rows:
             return None
-        rows, chosen = [i for i, _ in kept], [d for _, d in kept]
     g, k = len(chosen), len(chosen[0]["probs"])
     probs = np.fromiter(
         chain.from_iterable(d["probs"] for d in chosen), np.float64, count=g * k
@@ -397,22 +396,23 @@ _NUMBER_TYPES = frozenset({float, int})
 
 
 def _drop_non_numbers(
-    rows: list[tuple[int, dict[str, Any]]],
+    rows: list[int],
+    chosen: list[dict[str, Any]],
     n_members: int,
     docs: list[dict[str, Any] | None],
     errors: dict[int, ErrorInfo],
-) -> set[int]:
-    """Reject the ``rows`` holding a probability that is not a number; return them
-    (usually none: then one pass over the numbers in C is all it costs)."""
-    seen = set(map(type, chain.from_iterable(d["probs"] for _, d in rows)))
+) -> tuple[list[int], list[dict[str, Any]]] | None:
+    """None when every probability in the group is a number (the fast, usual case);
+    else the rows and docs that remain once those holding a non-number are rejected."""
+    seen = set(map(type, chain.from_iterable(d["probs"] for d in chosen)))
     if n_members:
         seen.update(
-            map(type, chain.from_iterable(chain.from_iterable(d["ensemble"] for _, d in rows)))
+            map(type, chain.from_iterable(chain.from_iterable(d["ensemble"] for d in chosen)))
         )
     if seen <= _NUMBER_TYPES:
-        return set()
-    dropped = set()
-    for i, doc in rows:
+        return None
+    kept_rows, kept_docs = [], []
+    for i, doc in zip(rows, chosen, strict=True):
         try:
             _numbers(doc["probs"], "probs")
             for j, member in enumerate(doc.get("ensemble") or ()):
@@ -420,8 +420,10 @@ def _drop_non_numbers(
         except Invalid as exc:
             errors[i] = exc.info
             docs[i] = None
-            dropped.add(i)
-    return dropped
+            continue
+        kept_rows.append(i)
+        kept_docs.append(doc)
+    return kept_rows, kept_docs
 
 
 def _bad_rows(
