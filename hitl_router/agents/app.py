@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
 from hitl_router.agents.publishing import BatchPublisher
 from hitl_router.metrics import RouterMetrics
-from hitl_router.router.config import Config
+from hitl_router.router.config import Config, WorkerConfig
 from hitl_router.router.decision import (
     BatchDecisions,
     Policy,
@@ -71,9 +71,7 @@ class RouterApp(faust.App):
     """A Faust app whose consumer hands ``batch_topics`` to agents a batch at a time."""
 
     batch_topics: dict[str, tuple[int, BatchSink]]
-    fetch_max_wait_ms: int = 50
-    fetch_min_bytes: int = 32768
-    max_in_flight: int = 4
+    worker_settings: WorkerConfig = WorkerConfig()
 
     def _new_consumer(self) -> BatchingConsumer:
         consumer = BatchingConsumer(
@@ -85,9 +83,9 @@ class RouterApp(faust.App):
             loop=self.transport.loop,
         )
         consumer.batch_topics = self.batch_topics
-        consumer.fetch_max_wait_ms = self.fetch_max_wait_ms
-        consumer.fetch_min_bytes = self.fetch_min_bytes
-        consumer.max_in_flight = self.max_in_flight
+        consumer.fetch_max_wait_ms = self.worker_settings.fetch_max_wait_ms
+        consumer.fetch_min_bytes = self.worker_settings.fetch_min_bytes
+        consumer.max_in_flight = self.worker_settings.max_in_flight
         return consumer
 
 
@@ -190,9 +188,7 @@ def build_app(
             await channel.send(value=batch)
 
     app.batch_topics = {config.topics.predictions: (len(channels), fan_out)}
-    app.fetch_max_wait_ms = config.worker.fetch_max_wait_ms
-    app.fetch_min_bytes = config.worker.fetch_min_bytes
-    app.max_in_flight = config.worker.max_in_flight
+    app.worker_settings = config.worker
     return app
 
 

@@ -34,7 +34,10 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
+from hitl_router.router.config import WorkerConfig
+
 log = logging.getLogger(__name__)
+_WORKER = WorkerConfig()  # the defaults
 
 
 class Batch:
@@ -110,13 +113,14 @@ class BatchingConsumer(Consumer):
 
     #: topic → (number of agents, function delivering a batch to them)
     batch_topics: Mapping[str, tuple[int, BatchSink]] = {}
-    max_in_flight: int = 4
     #: seconds a stop or rebalance waits for batches in flight before forgetting them
     settle_grace: float = 5.0
+    # from the config's ``worker`` section (WorkerConfig documents them); the app sets them
+    max_in_flight: int = _WORKER.max_in_flight
     #: how long the broker may hold a fetch waiting for data (Faust's own: 1500)
-    fetch_max_wait_ms: int = 50
+    fetch_max_wait_ms: int = _WORKER.fetch_max_wait_ms
     #: how much data the broker waits for before it answers a fetch (aiokafka's own: 1)
-    fetch_min_bytes: int = 32768
+    fetch_min_bytes: int = _WORKER.fetch_min_bytes
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
