@@ -29,3 +29,8 @@ class KafkaSetupError(RouterError, RuntimeError):
 
 class InputError(RouterError, ValueError):
     """A command-line input (file, option) cannot be used."""
+
+
+class DeliveryError(RouterError, RuntimeError):
+    """Outputs were refused by the broker or not acknowledged in time: the worker stops
+    with nothing of their batch acked."""

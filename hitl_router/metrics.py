@@ -87,11 +87,26 @@ class RouterMetrics:
     """Counters and histograms of the routing path.
 
     ``max_models`` bounds the ``model`` label: models beyond it are counted as
-    ``other`` so a producer cannot blow up the series count.
+    ``other`` so a producer cannot blow up the series count; a model once labelled keeps
+    its label (nothing is evicted). With an allow-list (``models``: bare names or
+    ``name@version``), only those models get a label of their own, so a producer
+    sending made-up names cannot even fill the cap. Predictions counted as ``other``
+    are counted in ``hitl_model_label_overflow_total`` too.
+
+    >>> reg = CollectorRegistry()
+    >>> m = RouterMetrics(reg, max_models=2, models=("fraud",))
+    >>> [m.model_label(x) for x in ("fraud@3", "fraud", "spam", "x")]
+    ['fraud@3', 'fraud', 'other', 'other']
+    >>> m = RouterMetrics(CollectorRegistry(), max_models=2)
+    >>> [m.model_label(x) for x in ("a", "b", "c", "a")]
+    ['a', 'b', 'other', 'a']
     """
 
-    def __init__(self, registry: CollectorRegistry, max_models: int = 100) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, max_models: int = 100, models: Sequence[str] = ()
+    ) -> None:
         self.max_models = max_models
+        self.allowed = frozenset(models)
         self._models: set[str] = set()
         self.predictions = Counter(
             "hitl_predictions",
@@ -159,6 +174,11 @@ class RouterMetrics:
             ["agent"],
             registry=registry,
         )
+        self.model_overflow = Counter(
+            "hitl_model_label_overflow",
+            "Predictions whose model got the label 'other' (not allowed, or over the cap).",
+            registry=registry,
+        )
 
     def observe_drift(self, reports: Sequence[Any]) -> None:
         """Export each drift report: score, threshold and whether that test fired."""
@@ -170,12 +190,19 @@ class RouterMetrics:
             self.drift_window_drifted.labels(labels[0]).set(1.0 if r.window_drifted else 0.0)
 
     def model_label(self, model: str) -> str:
+        """The ``model`` label of a model's series: its name, or ``other``."""
         if model in self._models:
             return model
-        if len(self._models) < self.max_models:
+        allowed = not self.allowed or model in self.allowed or _bare(model) in self.allowed
+        if allowed and len(self._models) < self.max_models:
             self._models.add(model)
             return model
         return OTHER_MODEL
+
+    def observe_too_large(self, n: int) -> None:
+        """Count outputs dead-lettered as ``output_too_large`` instead of sent."""
+        if n:
+            self.deadletter.labels("output_too_large").inc(n)
 
     def observe_router(self, batch: BatchDecisions, times: Sequence[float], now: float) -> None:
         """Count a batch as the router agent sees it: every fate but ``eval``.
@@ -193,7 +220,10 @@ class RouterMetrics:
             index = {m: j for j, m in enumerate(names)}
             model_of = np.fromiter((index[m] for m in models), np.int64, count=len(models))
         for j, c in enumerate(np.bincount(model_of, minlength=len(names)).tolist()):
-            self.predictions.labels(self.model_label(names[j])).inc(c)
+            label = self.model_label(names[j])
+            self.predictions.labels(label).inc(c)
+            if label == OTHER_MODEL and names[j] != OTHER_MODEL:
+                self.model_overflow.inc(c)
         # one cell per (model, fate, queue + 1): every decision counted in one bincount
         n_fates, n_cells = len(FATES), len(queues) + 1
         cell = (model_of * n_fates + batch.fate[valid]) * n_cells + batch.queue[valid] + 1
@@ -236,3 +266,7 @@ class RouterMetrics:
             counts[model] = counts.get(model, 0) + 1
         for model, c in counts.items():
             self.decisions.labels(model, "eval", "").inc(c)
+
+
+def _bare(model: str) -> str:
+    return model.split("@", 1)[0]

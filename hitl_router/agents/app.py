@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,10 +26,11 @@ import faust
 import orjson
 from prometheus_client import CollectorRegistry
 
+from hitl_router.agents import health
 from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
 from hitl_router.agents.publishing import BatchPublisher
 from hitl_router.metrics import RouterMetrics
-from hitl_router.router.config import Config, WorkerConfig
+from hitl_router.router.config import OUTPUT_FRAMING_BYTES, Config, WorkerConfig
 from hitl_router.router.decision import (
     BatchDecisions,
     Policy,
@@ -37,8 +39,14 @@ from hitl_router.router.decision import (
     merge_batches,
     poisoned,
 )
-from hitl_router.router.outputs import Output, Source, eval_outputs, router_outputs
-from hitl_router.router.validation import parse_batch
+from hitl_router.router.outputs import (
+    Output,
+    Source,
+    error_letters,
+    eval_outputs,
+    router_outputs,
+)
+from hitl_router.router.validation import ErrorInfo, parse_batch
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,13 @@ AGENTS = ("router", "sampler", "drift")
 def default_agents(config: Config) -> tuple[str, ...]:
     """What ``--agents all`` runs: router and sampler, and drift when a profile is set."""
     return ("router", "sampler", "drift") if config.drift.profile else ("router", "sampler")
+
+
+def instance_id(worker: WorkerConfig) -> str | None:
+    """``worker.group_instance_id`` with ``{hostname}`` replaced (static membership)."""
+    if worker.group_instance_id is None:
+        return None
+    return worker.group_instance_id.replace("{hostname}", socket.gethostname())
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -86,6 +101,7 @@ class RouterApp(faust.App):
         consumer.fetch_max_wait_ms = self.worker_settings.fetch_max_wait_ms
         consumer.fetch_min_bytes = self.worker_settings.fetch_min_bytes
         consumer.max_in_flight = self.worker_settings.max_in_flight
+        consumer.delivery_timeout_s = self.worker_settings.delivery_timeout_s + 5.0
         return consumer
 
 
@@ -116,12 +132,21 @@ def build_app(
         broker_max_poll_records=config.worker.batch_size,
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
+        # every output fits by construction (limits.max_output_bytes + framing); the
+        # preflight checks the output topics take as much
+        producer_max_request_size=config.limits.max_output_bytes + OUTPUT_FRAMING_BYTES,
+        # nothing waits in the producer's buffer longer than a delivery may take
+        producer_request_timeout=config.worker.delivery_timeout_s,
         broker_commit_interval=1.0,
+        broker_session_timeout=config.worker.session_timeout_ms / 1000,
+        broker_heartbeat_interval=config.worker.heartbeat_interval_ms / 1000,
+        consumer_group_instance_id=instance_id(config.worker),
     )
     from faust.sensors.prometheus import setup_prometheus_sensors
 
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
-    metrics = RouterMetrics(registry, config.metrics.max_models)
+    app.hitl_health = health.install(app)  # type: ignore[attr-defined]
+    metrics = RouterMetrics(registry, config.metrics.max_models, config.metrics.models)
     policy = Policy(config)
     app.hitl_metrics = metrics  # type: ignore[attr-defined]
     app.hitl_registry = registry  # type: ignore[attr-defined]
@@ -136,23 +161,35 @@ def build_app(
         """Hand outputs to the producer in the background (the agent goes on with the
         next batch meanwhile); the returned awaitable resolves once all are delivered."""
         if not publisher:  # the aiokafka producer exists once the app has started
-            publisher.append(BatchPublisher(app.producer._ensure_producer()))
+            producer = app.producer._ensure_producer()
+            publisher.append(BatchPublisher(producer, config.worker.delivery_timeout_s))
         if not outputs:
             return []
         return [asyncio.ensure_future(publisher[0].deliver(outputs))]
 
+    deadletter = config.topics.deadletter
+
     def route(batch: Batch) -> list[Awaitable[Any]]:
         decided = _decide(batch, policy, metrics, "router", rules=True)
         now = time.time()
-        deliveries = publish(router_outputs(decided, batch.raws, _Sources(batch.messages), now))
+        outputs = router_outputs(decided, batch.raws, _Sources(batch.messages), now)
         metrics.observe_router(decided, _prediction_times(decided, batch.messages), now)
-        return deliveries
+        letters = sum(1 for o in outputs if o.topic == deadletter)
+        metrics.observe_too_large(letters - len(decided.errors))
+        return publish(outputs)
 
     def sample(batch: Batch) -> list[Awaitable[Any]]:
         decided = _decide(batch, policy, metrics, "sampler", rules=False)
-        deliveries = publish(eval_outputs(decided, time.time()))
+        outputs = eval_outputs(decided, time.time(), _Sources(batch.messages))
         metrics.observe_sampler(decided)
-        return deliveries
+        metrics.observe_too_large(sum(1 for o in outputs if o.topic == deadletter))
+        return publish(outputs)
+
+    def internal_error(batch: Batch, exc: BaseException) -> list[Awaitable[Any]]:
+        error = ErrorInfo("internal_error", f"router failed on this message: {exc!r}")
+        letters = error_letters(error, batch.raws, _Sources(batch.messages), time.time(), config)
+        metrics.deadletter.labels("internal_error").inc(len(letters))
+        return publish(letters)
 
     handlers: dict[str, Callable[[Batch], list[Awaitable[Any]]]] = {
         "router": route,
@@ -181,7 +218,8 @@ def build_app(
         if name in agents:
             channel = app.channel()
             channels.append(channel)
-            app.agent(channel, name=name)(_batch_agent(handlers[name]))
+            body = _batch_agent(name, handlers[name], internal_error, metrics)
+            app.agent(channel, name=name)(body)
 
     async def fan_out(batch: Batch) -> None:
         for channel in channels:
@@ -192,21 +230,67 @@ def build_app(
     return app
 
 
+Handler = Callable[[Batch], list[Awaitable[Any]]]
+
+
 def _batch_agent(
-    handle: Callable[[Batch], list[Awaitable[Any]]],
+    name: str,
+    handle: Handler,
+    internal_error: Callable[[Batch, BaseException], list[Awaitable[Any]]],
+    metrics: RouterMetrics,
 ) -> Callable[[faust.StreamT], Awaitable[None]]:
     """An agent body: each batch is handled, then marked finished with the deliveries of
-    its outputs — also when handling raised, so the batch is never waited on forever."""
+    its outputs. Never silently: see :func:`handle_batch`."""
 
     async def agent(stream: faust.StreamT) -> None:
         async for batch in stream:
-            deliveries: list[Awaitable[Any]] = []
-            try:
-                deliveries = handle(batch)
-            finally:
-                batch.finish(deliveries)
+            handle_batch(batch, name, handle, internal_error, metrics)
 
     return agent
+
+
+def handle_batch(
+    batch: Batch,
+    name: str,
+    handle: Handler,
+    internal_error: Callable[[Batch, BaseException], list[Awaitable[Any]]],
+    metrics: RouterMetrics,
+) -> None:
+    """Handle ``batch``; if that raises (a bug: bad input has its dead letters), handle
+    its messages one by one, and dead-letter each one that still fails alone as
+    ``internal_error``. If even that raises, the batch fails: it is not acked, the
+    worker stops, and the batch is redone on restart — never acked without outputs."""
+    try:
+        deliveries = handle(batch)
+    except Exception:
+        log.exception(
+            "%s: a batch of %d failed; handling it message by message", name, len(batch.messages)
+        )
+        metrics.agent_errors.labels(name).inc()
+        try:
+            deliveries = _one_by_one(batch, name, handle, internal_error)
+        except Exception as exc:
+            log.exception("%s: a batch of %d could not be handled", name, len(batch.messages))
+            batch.fail(exc)
+            return
+    batch.finish(deliveries)
+
+
+def _one_by_one(
+    batch: Batch,
+    name: str,
+    handle: Handler,
+    internal_error: Callable[[Batch, BaseException], list[Awaitable[Any]]],
+) -> list[Awaitable[Any]]:
+    deliveries: list[Awaitable[Any]] = []
+    for i in range(len(batch.messages)):
+        single = Batch(batch.messages[i : i + 1], 1)
+        try:
+            deliveries += handle(single)
+        except Exception as exc:
+            log.exception("%s: message %d of the batch failed alone; dead-lettering it", name, i)
+            deliveries += internal_error(single, exc)
+    return deliveries
 
 
 def _report_output(topic: str, report: Any) -> Output:

@@ -22,11 +22,8 @@ in messages, not batches, so small batches at low rates never wait on delivery.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from time import monotonic
 from typing import Any
 
@@ -34,58 +31,13 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
+from hitl_router.agents.settling import Batch, BatchSink, InFlight
 from hitl_router.router.config import WorkerConfig
+
+__all__ = ["Batch", "BatchSink", "BatchingConsumer"]
 
 log = logging.getLogger(__name__)
 _WORKER = WorkerConfig()  # the defaults
-
-
-class Batch:
-    """The messages of one fetch from one topic, shared by the agents that read it.
-
-    ``messages`` are aiokafka ``ConsumerRecord``s (``timestamp`` in milliseconds);
-    ``offsets`` lists their offsets per partition, for the ack."""
-
-    __slots__ = ("messages", "offsets", "_pending", "_done", "_deliveries", "cache")
-
-    def __init__(
-        self, messages: Sequence[Any], n_agents: int, offsets: Mapping[Any, list[int]] | None = None
-    ) -> None:
-        self.messages = messages
-        self.offsets = offsets or {}
-        self._pending = n_agents
-        self._done = asyncio.Event()
-        self._deliveries: list[Awaitable[Any]] = []
-        #: Work shared between agents (e.g. the parsed batch), computed by whichever
-        #: agent needs it first; agents run on one event loop, so no lock is needed.
-        self.cache: dict[str, Any] = {}
-        if n_agents == 0:
-            self._done.set()
-
-    @property
-    def raws(self) -> list[bytes]:
-        raws = self.cache.get("raws")
-        if raws is None:
-            raws = self.cache["raws"] = [m.value for m in self.messages]
-        return raws
-
-    def finish(self, deliveries: Sequence[Awaitable[Any]] = ()) -> None:
-        """An agent is done with this batch; ``deliveries`` resolve when its outputs are
-        acknowledged by the broker."""
-        self._deliveries.extend(deliveries)
-        self._pending -= 1
-        if self._pending <= 0:
-            self._done.set()
-
-    async def wait(self) -> None:
-        """Until every agent finished and every output was delivered (raises if a
-        delivery failed: the batch is then not acked and will be redelivered)."""
-        await self._done.wait()
-        if self._deliveries:
-            await asyncio.gather(*self._deliveries)
-
-
-BatchSink = Callable[[Batch], Awaitable[None]]
 
 
 class _ConsumerThread(AIOKafkaConsumerThread):
@@ -121,6 +73,9 @@ class BatchingConsumer(Consumer):
     fetch_max_wait_ms: int = _WORKER.fetch_max_wait_ms
     #: how much data the broker waits for before it answers a fetch (aiokafka's own: 1)
     fetch_min_bytes: int = _WORKER.fetch_min_bytes
+    #: a batch's deliveries not done this long after its agents finished fail it (the
+    #: publisher's own deadline, the same setting, normally fails it first)
+    delivery_timeout_s: float = _WORKER.delivery_timeout_s + 5.0
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -130,7 +85,7 @@ class BatchingConsumer(Consumer):
 
     def __post_init__(self) -> None:  # pragma: no cover - mode calls it after __init__
         super().__post_init__()
-        self._batches_in_flight: dict[asyncio.Future[None], Batch] = {}
+        self._in_flight: InFlight | None = None
 
     async def wait_empty(self) -> None:  # pragma: no cover - needs Kafka
         """Before a stop or rebalance, Faust waits here for every message taken to be
@@ -139,13 +94,8 @@ class BatchingConsumer(Consumer):
         would never settle. So: give the batches in flight ``settle_grace`` seconds, then
         forget the unsettled ones — not acked, they are redone from the committed offset
         by whoever owns the partition next."""
-        pending = set(self._batches_in_flight)
-        if pending:
-            await asyncio.wait(pending, timeout=self.settle_grace)
-        forgotten = 0
-        for task, batch in list(self._batches_in_flight.items()):
-            task.cancel()
-            forgotten += len(batch.messages)
+        in_flight = self._in_flight
+        forgotten = await in_flight.settle(self.settle_grace) if in_flight else 0
         if forgotten:
             log.info(
                 "%d messages in flight not settled in %.0fs: they will be redelivered",
@@ -161,9 +111,10 @@ class BatchingConsumer(Consumer):
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         acks_enabled_for = self.app.topics.acks_enabled_for
-        in_flight: deque[tuple[asyncio.Future[None], int]] = deque()
-        in_flight_messages = 0
         budget = self.max_in_flight * self.app.conf.broker_max_poll_records
+        in_flight = self._in_flight = InFlight(
+            budget, self.ack_offsets, self._batch_failed, self.delivery_timeout_s
+        )
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 fetched: dict[str, tuple[list[Any], dict[Any, list[int]]]] = {}
@@ -199,17 +150,9 @@ class BatchingConsumer(Consumer):
                     # settled by a task of its own, so acks keep coming while the fetcher
                     # stops (Faust's shutdown and rebalances wait for them); registered
                     # before the hand-off so that wait_empty can always account for it
-                    task = asyncio.ensure_future(self._settle(batch))
-                    self._batches_in_flight[task] = batch
-                    task.add_done_callback(self._batches_in_flight.pop)
-                    in_flight.append((task, len(messages)))
-                    in_flight_messages += len(messages)
+                    in_flight.add(batch)
                     await sink(batch)
-                while in_flight and (in_flight_messages > budget or in_flight[0][0].done()):
-                    task, n = in_flight.popleft()
-                    in_flight_messages -= n
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await in_flight.throttle()
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
@@ -250,17 +193,12 @@ class BatchingConsumer(Consumer):
                 out[tp] = recs
         return out
 
-    async def _settle(self, batch: Batch) -> None:
-        """Ack a batch once it is decided and delivered. If a delivery failed, nothing of
-        it is acked (it is redone from the committed offset) and the worker crashes: a
-        producer that cannot deliver is not a state to route through."""
-        try:
-            await batch.wait()
-        except Exception as exc:
-            log.error("outputs of a batch of %d were not delivered: %r", len(batch.messages), exc)
-            await self.crash(exc)
-            return
-        self.ack_offsets(batch.offsets)
+    async def _batch_failed(self, error: BaseException, batch: Batch) -> None:
+        """A batch was not handled or not delivered: nothing of it is acked, and the
+        worker stops (a producer that cannot deliver is not a state to route through;
+        the worker exits within ``worker.shutdown_timeout_s``, and the batch is redone
+        from the committed offset)."""
+        await self.crash(error)
 
     def ack_offsets(self, offsets: Mapping[Any, list[int]]) -> int:
         """Ack these offsets of these partitions: ``Consumer.ack``'s bookkeeping, once per

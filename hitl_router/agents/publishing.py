@@ -7,16 +7,43 @@ murmur2 of the key, computed for the whole batch with numpy by
 :func:`~hitl_router.router.partitioning.partitions_of`), so keyed outputs land where
 ``send()`` would put them — appended to ``BatchBuilder``s and handed over with one
 ``send_batch`` each.
+
+Partitions are read from the producer's cluster metadata at every publish, never
+cached: when an output topic is deleted and re-created with fewer partitions, outputs
+queued for a partition that no longer exists could never be delivered (aiokafka keeps
+them until they expire); :meth:`BatchPublisher.deliver` sends them again to the
+topic's partitions as they are now (at-least-once: consumers de-duplicate by key).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from hitl_router.errors import DeliveryError
 from hitl_router.router.outputs import Output
 from hitl_router.router.partitioning import partitions_of
+
+log = logging.getLogger(__name__)
+
+#: how often a pending delivery looks for partitions that vanished
+_CHECK_EVERY_S = 1.0
+
+
+@dataclass
+class _Group:
+    """The outputs queued for one (topic, partition), and their futures."""
+
+    topic: str
+    partition: int
+    outputs: list[Output]
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+    #: outputs whose ``send`` found the partition gone (before any future existed)
+    unsent: list[Output] = field(default_factory=list)
 
 
 class BatchPublisher:
@@ -25,19 +52,20 @@ class BatchPublisher:
     #: below this many outputs for one partition, they are sent one by one
     min_batch: int = 64
 
-    def __init__(self, producer: Any) -> None:
+    def __init__(self, producer: Any, delivery_timeout_s: float = 30.0) -> None:
         self.producer = producer
-        self._partitions: dict[str, list[int]] = {}
+        self.delivery_timeout_s = delivery_timeout_s
 
     async def _partitions_for(self, topic: str) -> list[int]:
-        parts = self._partitions.get(topic)
-        if parts is None:
-            parts = self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
-        return parts
+        parts = self.producer.client.cluster.partitions_for_topic(topic)
+        if not parts:  # unknown to this producer yet (or gone): ask the broker
+            parts = await self.producer.partitions_for(topic)
+        return sorted(parts)
 
     async def deliver(self, outputs: Sequence[Output]) -> None:
-        """Publish and wait until the broker acknowledged every output; raise the first
-        failure if one was not.
+        """Publish and wait until the broker acknowledged every output; raise
+        :class:`~hitl_router.errors.DeliveryError` if one failed or was not acknowledged
+        within ``delivery_timeout_s``.
 
         Only the last future of each partition is awaited: a partition's outputs go out
         in order, in batches that complete in order (aiokafka keeps one request in
@@ -45,75 +73,155 @@ class BatchPublisher:
         queue), so when the last is done, so are the others. Awaiting every output's
         future instead (``gather``) scheduled a callback per output when its batch
         completed. The others are still checked, and awaited should one not be done."""
-        futures, tails = await self.publish(outputs)
-        if tails:
-            await asyncio.gather(*tails, return_exceptions=True)
-        failure: BaseException | None = None
-        for future in futures:
-            if not future.done():
-                await asyncio.wait([future])
-            error = future.exception()
-            if error is not None and failure is None:
-                failure = error
-        if failure is not None:
-            raise failure
+        deadline = time.monotonic() + self.delivery_timeout_s
+        groups = await self.publish(outputs)
+        live = list(groups)
+        while True:
+            pending = [g.futures[-1] for g in live if g.futures and not g.futures[-1].done()]
+            orphans = [g for g in live if g.unsent]
+            if not pending and not orphans:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeliveryError(self._timeout_message(len(outputs), live))
+            if pending:
+                await asyncio.wait(pending, timeout=min(_CHECK_EVERY_S, remaining))
+            orphans += await self._vanished([g for g in live if g not in orphans])
+            if orphans:
+                live = [g for g in live if g not in orphans]
+                resend = [o for g in orphans for o in (g.unsent or g.outputs)]
+                log.warning(
+                    "%d outputs were queued for partitions that no longer exist (%s); "
+                    "sending them to the topics' partitions as they are now",
+                    len(resend),
+                    sorted({f"{g.topic}[{g.partition}]" for g in orphans}),
+                )
+                live += await self.publish(resend)
+        for g in live:
+            for future in g.futures:
+                if not future.done():
+                    await asyncio.wait([future], timeout=max(deadline - time.monotonic(), 0))
+                if not future.done():
+                    raise DeliveryError(self._timeout_message(len(outputs), [g]))
+                error = future.exception()
+                if error is not None:
+                    raise DeliveryError(
+                        f"the broker refused an output to {g.topic}[{g.partition}]: {error!r}"
+                    ) from error
 
-    async def publish(
-        self, outputs: Sequence[Output]
-    ) -> tuple[list[asyncio.Future[Any]], list[asyncio.Future[Any]]]:
-        """Queue every output: returns the futures that resolve when the broker has them,
-        and the last one of each partition."""
+    def _timeout_message(self, n: int, groups: Sequence[_Group]) -> str:
+        waiting = sorted(
+            {f"{g.topic}[{g.partition}]" for g in groups if g.unsent or not _all_done(g)}
+        )
+        return (
+            f"{n} outputs not acknowledged by the broker within {self.delivery_timeout_s:g} s "
+            f"(worker.delivery_timeout_s); still waiting on {', '.join(waiting[:10])}"
+        )
+
+    async def _vanished(self, groups: Sequence[_Group]) -> list[_Group]:
+        """The groups with outputs still pending on a partition their topic no longer
+        has (deleted and re-created smaller). A topic the producer knows no partition of
+        (deleted, not yet re-created) is asked for again, not judged."""
+        cluster = self.producer.client.cluster
+        out = []
+        asked = False
+        for g in groups:
+            if _all_done(g):
+                continue
+            parts = cluster.partitions_for_topic(g.topic)
+            if not parts:
+                if not asked:
+                    self.producer.client.force_metadata_update()
+                    asked = True
+                continue
+            if g.partition not in parts:
+                out.append(g)
+        return out
+
+    async def publish(self, outputs: Sequence[Output]) -> list[_Group]:
+        """Queue every output, grouped per (topic, partition), each group with the
+        futures that resolve when the broker has its outputs."""
         by_topic: dict[str, list[Output]] = {}
         for o in outputs:
             by_topic.setdefault(o.topic, []).append(o)
-        grouped: dict[tuple[str, int], list[Output]] = {}
+        grouped: dict[tuple[str, int], _Group] = {}
         for topic, outs in by_topic.items():
-            parts = self._partitions.get(topic) or await self._partitions_for(topic)
+            parts = await self._partitions_for(topic)
             keyed = [o for o in outs if o.key is not None]
             indexes = partitions_of([o.key for o in keyed], len(parts)).tolist()
             for o, i in zip(keyed, indexes, strict=True):
-                grouped.setdefault((topic, parts[i]), []).append(o)
+                _group(grouped, topic, parts[i]).outputs.append(o)
             if len(keyed) < len(outs):  # unkeyed: a random partition, as aiokafka does
                 for o in outs:
                     if o.key is None:
                         p = self.producer._partitioner(None, parts, parts)
-                        grouped.setdefault((topic, p), []).append(o)
+                        _group(grouped, topic, p).outputs.append(o)
         # few outputs for a partition: join its open batch with send(), which only waits
         # when that batch is full (send_batch would queue a batch of its own behind it
         # and wait for the previous one to drain) — in this task: a task per partition
         # took 10–20 ms of the loop per batch to queue a few outputs each
-        futures: list[asyncio.Future[Any]] = []
-        tails: list[asyncio.Future[Any]] = []
-        send = self.producer.send
         large = []
-        for (topic, p), outs in grouped.items():
-            if len(outs) < self.min_batch:
-                for o in outs:
-                    futures.append(await send(topic, o.value, key=o.key, partition=p))
-                tails.append(futures[-1])
+        for g in grouped.values():
+            if len(g.outputs) < self.min_batch:
+                for j, o in enumerate(g.outputs):
+                    future = await self._send(g, o)
+                    if future is None:
+                        g.unsent = g.outputs[j:]
+                        break
+                    g.futures.append(future)
             else:
-                large.append(self._send_batches(topic, p, outs))
+                large.append(self._send_batches(g))
         # each partition waits for its own free slot (aiokafka queues one batch per
         # partition): in parallel, or a batch would wait out one round trip per partition
-        for batch_futures in await asyncio.gather(*large):
-            futures.extend(batch_futures)
-            tails.append(batch_futures[-1])
-        return futures, tails
+        await asyncio.gather(*large)
+        return list(grouped.values())
 
-    async def _send_batches(
-        self, topic: str, p: int, outs: list[Output]
-    ) -> list[asyncio.Future[Any]]:
-        futures: list[asyncio.Future[Any]] = []
-        create_batch, send_batch = self.producer.create_batch, self.producer.send_batch
-        batch = create_batch()
-        for o in outs:
+    async def _send(self, g: _Group, o: Output) -> asyncio.Future[Any] | None:
+        """``send`` to the group's partition; None when the producer no longer knows
+        that partition (aiokafka asserts it)."""
+        try:
+            future: asyncio.Future[Any] = await self.producer.send(
+                g.topic, o.value, key=o.key, partition=g.partition
+            )
+        except AssertionError:  # "Unrecognized partition": the metadata changed
+            return None
+        return future
+
+    async def _send_batches(self, g: _Group) -> None:
+        create_batch = self.producer.create_batch
+        batch, first = create_batch(), 0  # first: index of the batch's first output
+        for j, o in enumerate(g.outputs):
             if batch.append(key=o.key, value=o.value, timestamp=None) is None:
-                futures.append(await send_batch(batch, topic, partition=p))
-                batch = create_batch()
+                if not await self._send_batch(g, batch, first):
+                    return
+                batch, first = create_batch(), j
                 if batch.append(key=o.key, value=o.value, timestamp=None) is None:
                     # larger than a whole batch: send() sizes a batch to fit it
-                    futures.append(await self.producer.send(topic, o.value, key=o.key, partition=p))
-                    batch = create_batch()
+                    future = await self._send(g, o)
+                    if future is None:
+                        g.unsent = g.outputs[j:]
+                        return
+                    g.futures.append(future)
+                    batch, first = create_batch(), j + 1
         if batch.record_count():
-            futures.append(await send_batch(batch, topic, partition=p))
-        return futures
+            await self._send_batch(g, batch, first)
+
+    async def _send_batch(self, g: _Group, batch: Any, first: int) -> bool:
+        try:
+            future = await self.producer.send_batch(batch, g.topic, partition=g.partition)
+        except AssertionError:  # "Unrecognized partition": the metadata changed
+            g.unsent = g.outputs[first:]
+            return False
+        g.futures.append(future)
+        return True
+
+
+def _group(grouped: dict[tuple[str, int], _Group], topic: str, p: int) -> _Group:
+    g = grouped.get((topic, p))
+    if g is None:
+        g = grouped[(topic, p)] = _Group(topic, p, [])
+    return g
+
+
+def _all_done(g: _Group) -> bool:
+    return not g.unsent and all(f.done() for f in g.futures)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from hitl_router.errors import KafkaSetupError
 
@@ -49,5 +51,26 @@ def ensure_topics(
         return missing
     except KafkaError as exc:
         raise KafkaSetupError(f"cannot create topics at {bootstrap}: {exc!r}") from exc
+    finally:
+        admin.close()
+
+
+@contextlib.contextmanager
+def admin_client(bootstrap: str, timeout_s: float = 30.0) -> Iterator[Any]:
+    """A kafka-python ``KafkaAdminClient``, closed on exit; a clear error when no broker
+    answers."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","),
+            client_id="hitl-router-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+        )
+    except KafkaError as exc:
+        raise KafkaSetupError(f"no Kafka broker reachable at {bootstrap}: {exc!r}") from exc
+    try:
+        yield admin
     finally:
         admin.close()

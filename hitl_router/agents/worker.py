@@ -1,16 +1,26 @@
-"""``hitl-router worker``: create the topics, then run the Faust worker."""
+"""``hitl-router worker``: create the topics, check them, then run the Faust worker.
+
+A worker that stops — on a signal, or because it crashed (e.g. outputs it could not
+deliver) — exits within ``worker.shutdown_timeout_s``: past it, a watchdog thread ends
+the process (exit 1), so a producer flushing to a broker that is gone cannot keep a
+dead worker looking alive. A crash exits 1; a clean stop 0.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 import faust
 
+from hitl_router.agents import preflight, quiet_logs
 from hitl_router.agents.app import AGENTS, build_app, default_agents, group_id
-from hitl_router.agents.topics import ensure_topics
+from hitl_router.agents.topics import admin_client, ensure_topics
 from hitl_router.errors import ConfigError
 from hitl_router.router.config import Config
 
@@ -21,13 +31,52 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class _QuietWorker(faust.Worker):
-    """Faust's worker without its terminal spinner. The spinner sets the root logger to
-    DEBUG (to spin on every record), so every library's debug call builds a log record
-    — aiokafka logs one per message sent: measured at ~9% of the worker's time."""
+    """Faust's worker without its terminal spinner, with rate-limited library logs and a
+    bounded shutdown.
+
+    The spinner sets the root logger to DEBUG (to spin on every record), so every
+    library's debug call builds a log record — aiokafka logs one per message sent:
+    measured at ~9% of the worker's time."""
+
+    shutdown_timeout_s: float = 15.0
+    _watchdog: threading.Thread | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.spinner = None
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        quiet_logs.install()
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        self._arm_watchdog(f"signal {getattr(signal, 'name', signal)}")
+        super()._schedule_shutdown(signal)
+
+    def on_worker_shutdown(self) -> None:
+        self._arm_watchdog("crash" if self.app.crashed else "stop")
+        super().on_worker_shutdown()
+
+    def _arm_watchdog(self, why: str) -> None:
+        if self._watchdog is not None:
+            return
+        timeout = self.shutdown_timeout_s
+
+        def expire() -> None:  # a forced exit is a failure, whatever started the stop
+            log.critical(
+                "the worker did not stop within %g s of its %s (worker.shutdown_timeout_s); "
+                "exiting now: nothing unacked is lost, it is redone from the committed offsets",
+                timeout,
+                why,
+            )
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(1)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        self._watchdog = timer
 
 
 def run_worker(
@@ -53,6 +102,8 @@ def run_worker(
             config.kafka.partitions,
             config.kafka.replication_factor,
         )
+    with admin_client(config.kafka.bootstrap_servers) as admin:
+        preflight.check(config, admin)
     app = build_app(config, agents=sorted(chosen), web_port=web_port)
     log.info(
         "hitl-router worker: agents=%s group=%s config_hash=%s",
@@ -66,8 +117,13 @@ def run_worker(
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     worker = _QuietWorker(app, loglevel=loglevel)
+    worker.shutdown_timeout_s = config.worker.shutdown_timeout_s
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+        code = int(exc.code or 0)
+    else:
+        code = 0
+    if app.crashed and code == 0:  # a crash is a failure, however Faust ended
+        code = 1
+    return code

@@ -29,6 +29,7 @@ from hitl_router.router.rules import Node, parse_rule
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,21 @@ class TopicsConfig:
 @dataclass(frozen=True)
 class EvalSampleConfig:
     rate: float = 0.02
-    salt: str = "change-me"
+    salt: str = field(default="change-me", repr=False)
+
+    def fingerprint(self) -> str:
+        """Tells two salts apart without showing either: the first 8 bytes of a keyed
+        BLAKE2b of the salt (a different function from the draw's, which keys by the
+        salt).
+
+        >>> a, b = EvalSampleConfig(salt="s3cret"), EvalSampleConfig(salt="s3cret!")
+        >>> a.fingerprint() == b.fingerprint(), a.fingerprint().startswith("blake2b:")
+        (False, True)
+        """
+        digest = hashlib.blake2b(
+            self.salt.encode(), digest_size=8, key=b"hitl-router salt fingerprint"
+        )
+        return "blake2b:" + digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,25 @@ class LimitsConfig:
     max_depth: int = 32
     max_classes: int = 10_000
     max_members: int = 256
+    #: the largest output value sent; a larger review item, eval sample or accepted item
+    #: is dead-lettered as ``output_too_large`` instead (Faust's and Kafka's producers
+    #: default to a 1,000,000-byte request, brokers to 1,048,588-byte records)
+    max_output_bytes: int = 1_000_000
+    #: a dead letter carries at most this prefix of the raw bytes (plus their size and
+    #: SHA-256; the whole payload stays readable at its source offset)
+    dead_letter_raw_bytes: int = 65_536
+
+
+#: Bytes a record batch adds around one output value: Kafka's batch header (61), the
+#: record's own framing (≤ 21), its key (an id: ≤ 256 characters, ≤ 1,024 bytes) and
+#: headers, rounded up. The producer's ``max_request_size`` and every output topic's
+#: ``max.message.bytes`` must hold ``limits.max_output_bytes`` plus this.
+OUTPUT_FRAMING_BYTES = 4096
+#: The most a dead letter's fields other than ``raw`` take: error code, message and
+#: path (each cut to 1,024 characters, JSON-escaped: ≤ 6 bytes each), id, source, times.
+DEAD_LETTER_FIELDS_BYTES = 16_384
+#: JSON escaping writes a control character of a UTF-8 payload as ``\u00XX``.
+_WORST_RAW_EXPANSION = 6
 
 
 @dataclass(frozen=True)
@@ -98,7 +132,11 @@ class DriftConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     port: int = 9108
+    #: at most this many distinct ``model`` label values; later ones count as ``other``
     max_models: int = 100
+    #: when not empty, only these models (bare names or ``name@version``) get a label
+    #: of their own: every other is ``other``, so a producer cannot fill the cap
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +148,20 @@ class WorkerConfig:
     #: batches' worth of messages (× batch_size) decided but not yet delivered before
     #: the fetch loop waits for the oldest batch's outputs
     max_in_flight: int = 4
+    #: a batch's outputs not acknowledged by the broker within this many seconds stop
+    #: the worker (exit 1, nothing of the batch acked); also the producer's request
+    #: timeout, so nothing waits in its buffer longer
+    delivery_timeout_s: float = 30.0
+    #: a worker that stops (signal, crash) exits within this many seconds, flushed or
+    #: not: unacked work is redone by whoever holds the partitions next
+    shutdown_timeout_s: float = 15.0
+    #: a member silent this long is dead: its partitions move to the others
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    #: static membership (KIP-345): a restarted worker with the same id takes its
+    #: partitions back without a rebalance. ``{hostname}`` is replaced by the host name
+    #: (unique per pod in a StatefulSet); null: dynamic membership
+    group_instance_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,8 +189,14 @@ class Config:
     def describe(self) -> dict[str, Any]:
         """The resolved configuration as plain data (what ``check-config`` prints)."""
         out: dict[str, Any] = {}
-        for name in ("kafka", "topics", "eval_sample", "limits", "drift", "metrics", "worker"):
+        for name in ("kafka", "topics", "limits", "drift", "metrics", "worker"):
             out[name] = asdict(getattr(self, name))
+        out["metrics"]["models"] = list(self.metrics.models)
+        # never the salt: a producer that knows it can steer ids in or out of the sample
+        out["eval_sample"] = {
+            "rate": self.eval_sample.rate,
+            "salt_fingerprint": self.eval_sample.fingerprint(),
+        }
         out["calibration"] = {"temperatures": dict(self.calibration.temperatures)}
         out["queues"] = [
             {"name": q.name, "topic": q.topic, "priority": q.priority, "when": q.raw_when}
@@ -191,14 +249,9 @@ def parse_config(data: Any) -> Config:
         raise ConfigError("eval_sample.rate", f"must be between 0 and 1, got {sample.rate:g}")
     if not sample.salt:
         raise ConfigError("eval_sample.salt", "must be a non-empty string")
-    limits = _section(root, "limits", LimitsConfig)
-    for name, value in asdict(limits).items():
-        if value < 1:
-            raise ConfigError(f"limits.{name}", f"must be ≥ 1, got {value}")
+    limits = _limits(root)
     drift = _drift(root.get("drift", {}))
-    metrics = _section(root, "metrics", MetricsConfig)
-    if not 0 <= metrics.port <= 65535:
-        raise ConfigError("metrics.port", f"must be a TCP port, got {metrics.port}")
+    metrics = _metrics(root)
     worker = _section(root, "worker", WorkerConfig)
     if worker.batch_size < 1:
         raise ConfigError("worker.batch_size", f"must be ≥ 1, got {worker.batch_size}")
@@ -208,6 +261,7 @@ def parse_config(data: Any) -> Config:
         raise ConfigError("worker.fetch_min_bytes", "must be between 1 and 52428800 (50 MiB)")
     if not 1 <= worker.max_in_flight <= 100:
         raise ConfigError("worker.max_in_flight", f"must be 1 to 100, got {worker.max_in_flight}")
+    _check_worker_timeouts(worker)
     cfg = Config(
         kafka=kafka,
         topics=topics,
@@ -222,6 +276,64 @@ def parse_config(data: Any) -> Config:
     )
     digest = hashlib.sha256(orjson.dumps(cfg.describe(), option=orjson.OPT_SORT_KEYS))
     return replace(cfg, config_hash=digest.hexdigest()[:12])
+
+
+def _limits(root: Mapping[str, Any]) -> LimitsConfig:
+    limits: LimitsConfig = _section(root, "limits", LimitsConfig)
+    for name, value in asdict(limits).items():
+        if value < 1:
+            raise ConfigError(f"limits.{name}", f"must be ≥ 1, got {value}")
+    worst = _WORST_RAW_EXPANSION * limits.dead_letter_raw_bytes + DEAD_LETTER_FIELDS_BYTES
+    if worst > limits.max_output_bytes:
+        raise ConfigError(
+            "limits.dead_letter_raw_bytes",
+            f"a dead letter with {limits.dead_letter_raw_bytes} raw bytes may take {worst} "
+            f"bytes (control characters are JSON-escaped 6-fold), more than "
+            f"limits.max_output_bytes ({limits.max_output_bytes}); lower it to at most "
+            f"{(limits.max_output_bytes - DEAD_LETTER_FIELDS_BYTES) // _WORST_RAW_EXPANSION}",
+        )
+    return limits
+
+
+def _metrics(root: Mapping[str, Any]) -> MetricsConfig:
+    data = dict(_mapping(root.get("metrics", {}) or {}, "metrics"))
+    models = data.pop("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError("metrics.models", f"expected a list of model names, got {models!r}")
+    metrics: MetricsConfig = _section({"metrics": data}, "metrics", MetricsConfig)
+    if not 0 <= metrics.port <= 65535:
+        raise ConfigError("metrics.port", f"must be a TCP port, got {metrics.port}")
+    if metrics.max_models < 1:
+        raise ConfigError("metrics.max_models", f"must be ≥ 1, got {metrics.max_models}")
+    if len(models) > metrics.max_models:
+        raise ConfigError("metrics.models", f"{len(models)} models listed, more than max_models")
+    return replace(metrics, models=tuple(dict.fromkeys(models)))
+
+
+def _check_worker_timeouts(worker: WorkerConfig) -> None:
+    if not 1.0 <= worker.delivery_timeout_s <= 3600:
+        raise ConfigError("worker.delivery_timeout_s", "must be between 1 and 3600 seconds")
+    if not 1.0 <= worker.shutdown_timeout_s <= 600:
+        raise ConfigError("worker.shutdown_timeout_s", "must be between 1 and 600 seconds")
+    # the broker's group.min/max.session.timeout.ms defaults bound what it accepts
+    if not 6_000 <= worker.session_timeout_ms <= 300_000:
+        raise ConfigError(
+            "worker.session_timeout_ms",
+            "must be between 6000 and 300000 (the broker's default group.min/max."
+            f"session.timeout.ms), got {worker.session_timeout_ms}",
+        )
+    if not 100 <= worker.heartbeat_interval_ms <= worker.session_timeout_ms // 3:
+        raise ConfigError(
+            "worker.heartbeat_interval_ms",
+            "must be at least 100 and at most a third of worker.session_timeout_ms, got "
+            f"{worker.heartbeat_interval_ms}",
+        )
+    gid = worker.group_instance_id
+    if gid is not None and not _INSTANCE_ID.match(gid.replace("{hostname}", "h")):
+        raise ConfigError(
+            "worker.group_instance_id",
+            f"expected letters, digits, . _ - and {{hostname}} (≤ 249), got {gid!r}",
+        )
 
 
 def _mapping(value: Any, key: str) -> Mapping[str, Any]:
@@ -255,6 +367,8 @@ def _section(root: Mapping[str, Any], name: str, cls: type) -> Any:
 
 def _coerce(value: Any, default: Any, key: str, annotation: str) -> Any:
     optional = "None" in annotation
+    if annotation.startswith("tuple"):
+        return value  # validated by the section's own parser
     if value is None:
         if optional:
             return None

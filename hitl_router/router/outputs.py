@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -15,7 +16,9 @@ from typing import Any, NamedTuple
 import orjson
 
 from hitl_router import __version__
+from hitl_router.router.config import Config, LimitsConfig
 from hitl_router.router.decision import EVAL, PASS, REVIEW, BatchDecisions
+from hitl_router.router.validation import ErrorInfo
 
 
 @dataclass(frozen=True)
@@ -96,18 +99,45 @@ def eval_sample(batch: BatchDecisions, i: int, now: float) -> dict[str, Any]:
 def dead_letter(
     batch: BatchDecisions, i: int, raw: bytes | None, source: Source | None, now: float
 ) -> dict[str, Any]:
-    error = batch.errors[i]
-    out: dict[str, Any] = {"error": error.as_dict()}
-    pid = id_of(raw)
+    """Row ``i``'s dead letter (its error is ``batch.errors[i]``)."""
+    return letter_doc(batch.errors[i], raw, source, now, batch.policy.config.limits)
+
+
+def letter_doc(
+    error: ErrorInfo,
+    raw: bytes | None,
+    source: Source | None,
+    now: float,
+    limits: LimitsConfig,
+    raw_bytes: int | None = None,
+) -> dict[str, Any]:
+    """A dead letter: the error, at most ``raw_bytes`` (default
+    ``limits.dead_letter_raw_bytes``) of the payload — as text when that prefix is
+    UTF-8, else base64 — with the payload's size and SHA-256, and where it was read.
+
+    >>> from hitl_router.router.config import LimitsConfig
+    >>> d = letter_doc(ErrorInfo("not_json", "no"), b"x" * 10, None, 0.0, LimitsConfig(), 4)
+    >>> d["raw"], d["raw_size"], d["raw_truncated"]
+    ('xxxx', 10, True)
+    >>> d["raw_sha256"] == hashlib.sha256(b"x" * 10).hexdigest()
+    True
+    """
+    payload = raw or b""
+    keep = limits.dead_letter_raw_bytes if raw_bytes is None else raw_bytes
+    out: dict[str, Any] = {"error": _bounded(error)}
+    pid = id_of(raw, limits.max_message_bytes)
     if pid is not None:
         out["id"] = pid
-    payload = raw or b""
-    try:
-        out["raw"] = payload.decode("utf-8")
-        out["raw_encoding"] = "utf-8"
-    except UnicodeDecodeError:
-        out["raw"] = base64.b64encode(payload).decode("ascii")
+    prefix = payload[:keep]
+    text = _utf8_prefix(prefix, truncated=len(payload) > keep)
+    if text is not None:
+        out["raw"], out["raw_encoding"] = text, "utf-8"
+    else:
+        out["raw"] = base64.b64encode(prefix).decode("ascii")
         out["raw_encoding"] = "base64"
+    out["raw_size"] = len(payload)
+    out["raw_sha256"] = hashlib.sha256(payload).hexdigest()
+    out["raw_truncated"] = len(payload) > keep
     out["source"] = (
         {"topic": source.topic, "partition": source.partition, "offset": source.offset}
         if source is not None
@@ -117,9 +147,60 @@ def dead_letter(
     return out
 
 
-def id_of(raw: bytes | None) -> str | None:
+def letter(
+    error: ErrorInfo, raw: bytes | None, source: Source | None, now: float, limits: LimitsConfig
+) -> bytes:
+    """A dead letter, serialised, that fits ``limits.max_output_bytes`` by construction
+    (the config refuses a raw prefix whose worst escaping would not fit); should it
+    not, the raw prefix is halved until it does."""
+    keep = limits.dead_letter_raw_bytes
+    while True:
+        value = orjson.dumps(letter_doc(error, raw, source, now, limits, keep))
+        if len(value) <= limits.max_output_bytes or keep == 0:
+            return value
+        keep //= 2
+
+
+def too_large(kind: str, size: int, limits: LimitsConfig) -> ErrorInfo:
+    """Why an output was dead-lettered instead of sent."""
+    return ErrorInfo(
+        "output_too_large",
+        f"its {kind} would be {size} bytes, above limits.max_output_bytes "
+        f"({limits.max_output_bytes}); the prediction is at the source offset",
+    )
+
+
+_MAX_ERROR_CHARS = 1024
+
+
+def _bounded(error: ErrorInfo) -> dict[str, str]:
+    """The error as a dict, its message and path cut to 1,024 characters (a path can
+    name a key of the payload, which may be as long as the payload)."""
+    out = error.as_dict()
+    for field in ("message", "path"):
+        value = out.get(field)
+        if value is not None and len(value) > _MAX_ERROR_CHARS:
+            out[field] = value[: _MAX_ERROR_CHARS - 1] + "…"
+    return out
+
+
+def _utf8_prefix(prefix: bytes, truncated: bool) -> str | None:
+    """``prefix`` as text if it is UTF-8 — when cut from a longer payload, up to a
+    character split at its end — else None."""
+    try:
+        return prefix.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if truncated and exc.reason == "unexpected end of data" and exc.start >= len(prefix) - 3:
+            try:
+                return prefix[: exc.start].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        return None
+
+
+def id_of(raw: bytes | None, max_bytes: int = 1_048_576) -> str | None:
     """The id of an invalid payload when it has a usable one, for keying its dead letter."""
-    if not raw or len(raw) > 1_048_576:
+    if not raw or len(raw) > max_bytes:
         return None
     try:
         doc = orjson.loads(raw)
@@ -141,16 +222,22 @@ def router_outputs(
     """What the router agent publishes for a batch: review items, accepted items (when
     ``topics.accepted`` is set) and dead letters. Eval items are the sampler's."""
     config = batch.policy.config
+    limits = config.limits
+    max_bytes = limits.max_output_bytes
+    deadletter = config.topics.deadletter
     out: list[Output] = []
     dumps = orjson.dumps
     for i in batch.errors:
-        letter = dead_letter(batch, i, raws[i], sources[i] if sources else None, now)
-        key = letter.get("id")
-        out.append(Output(config.topics.deadletter, key.encode() if key else None, dumps(letter)))
+        out.append(_letter(deadletter, batch.errors[i], raws[i], sources, i, now, limits))
     for i in batch.rows(REVIEW):
         item = review_item(batch, i, now)
+        value = dumps(item)
+        if len(value) > max_bytes:
+            error = too_large("review item", len(value), limits)
+            out.append(_letter(deadletter, error, raws[i], sources, i, now, limits))
+            continue
         out.append(
-            Output(batch.policy.queues[int(batch.queue[i])].topic, item["id"].encode(), dumps(item))
+            Output(batch.policy.queues[int(batch.queue[i])].topic, item["id"].encode(), value)
         )
     if config.topics.accepted:
         # accepted_item, inlined: the one output most predictions get
@@ -173,17 +260,59 @@ def router_outputs(
                 "routed_at": now,
                 "router": info,
             }
-            out.append(Output(topic, pid.encode(), dumps(item)))
+            value = dumps(item)
+            if len(value) > max_bytes:
+                error = too_large("accepted item", len(value), limits)
+                out.append(_letter(deadletter, error, raws[i], sources, i, now, limits))
+                continue
+            out.append(Output(topic, pid.encode(), value))
     return out
 
 
-def eval_outputs(batch: BatchDecisions, now: float) -> list[Output]:
-    """What the eval sampler agent publishes for a batch."""
-    topic = batch.policy.config.topics.eval
+def _letter(
+    topic: str,
+    error: ErrorInfo,
+    raw: bytes | None,
+    sources: Sequence[Source | None] | None,
+    i: int,
+    now: float,
+    limits: LimitsConfig,
+) -> Output:
+    value = letter(error, raw, sources[i] if sources else None, now, limits)
+    pid = id_of(raw, limits.max_message_bytes)
+    return Output(topic, pid.encode() if pid else None, value)
+
+
+def error_letters(
+    error: ErrorInfo,
+    raws: Sequence[bytes | None],
+    sources: Sequence[Source | None] | None,
+    now: float,
+    config: Config,
+) -> list[Output]:
+    """Dead letters for messages the router failed on outside the decision (e.g.
+    ``internal_error`` when building or publishing a message's outputs raised)."""
+    topic, limits = config.topics.deadletter, config.limits
+    return [_letter(topic, error, raw, sources, i, now, limits) for i, raw in enumerate(raws)]
+
+
+def eval_outputs(
+    batch: BatchDecisions, now: float, sources: Sequence[Source | None] | None = None
+) -> list[Output]:
+    """What the eval sampler agent publishes for a batch (a sample too large to send is
+    dead-lettered as ``output_too_large``)."""
+    config = batch.policy.config
+    topic, limits = config.topics.eval, config.limits
     out = []
     for i in batch.rows(EVAL):
         item = eval_sample(batch, i, now)
-        out.append(Output(topic, item["id"].encode(), orjson.dumps(item)))
+        value = orjson.dumps(item)
+        if len(value) > limits.max_output_bytes:
+            error = too_large("eval sample", len(value), limits)
+            raw = batch.raws[i]
+            out.append(_letter(config.topics.deadletter, error, raw, sources, i, now, limits))
+            continue
+        out.append(Output(topic, item["id"].encode(), value))
     return out
 
 

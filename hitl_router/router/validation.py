@@ -56,6 +56,7 @@ ERROR_CODES = {
     "prob_out_of_range": "a probability is outside [0, 1]",
     "prob_sum": "probabilities do not sum to 1 ± 1e-3",
     "internal_error": "the router failed on this message (a bug): see the worker log",
+    "output_too_large": "a valid prediction whose output would exceed limits.max_output_bytes",
 }
 
 

@@ -1,9 +1,13 @@
-"""BatchPublisher against the real broker: every output lands on its key's partition,
-and a failed output fails ``deliver`` even when later outputs of its partition succeed."""
+"""BatchPublisher against the real broker: every output lands on its key's partition;
+a failed output fails ``deliver`` even when later outputs of its partition succeed;
+outputs queued for a partition that vanished (topic deleted, re-created smaller) are
+sent again. (A delivery that cannot complete in time: tests/integration/test_faults.py,
+with the broker stopped.)"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -13,6 +17,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from hitl_router.agents.publishing import BatchPublisher
+from hitl_router.errors import DeliveryError
 from hitl_router.router.outputs import Output
 from hitl_router.router.partitioning import partitions_of
 from tests.integration.helpers import drain
@@ -28,11 +33,16 @@ def _topic(bootstrap: str, partitions: int, **configs: str) -> str:
     return name
 
 
-async def _deliver(bootstrap: str, outputs: list[Output]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+async def _deliver(bootstrap: str, outputs: list[Output], timeout_s: float = 30.0) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=5,
+        acks="all",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
     await producer.start()
     try:
-        await BatchPublisher(producer).deliver(outputs)
+        await BatchPublisher(producer, timeout_s).deliver(outputs)
     finally:
         await producer.stop()
 
@@ -64,7 +74,49 @@ def test_a_rejected_output_fails_deliver_though_its_partition_goes_on(
     topic = _topic(kafka_bootstrap, 1, **{"max.message.bytes": "20000"})
     big = Output(topic, b"k", b"z" * 50_000)
     rest = [Output(topic, b"k", b"ok%d" % i) for i in range(5)]
-    with pytest.raises(KafkaError):
+    with pytest.raises(DeliveryError, match=rf"refused an output to {topic}\[0\]") as info:
         asyncio.run(_deliver(kafka_bootstrap, [big, *rest]))
+    assert isinstance(info.value.__cause__, KafkaError)
     records = drain(kafka_bootstrap, [topic], until=len(rest), idle=1.0)
     assert [r.value for r in records] == [o.value for o in rest]
+
+
+def test_outputs_for_a_vanished_partition_are_sent_again(kafka_bootstrap: str) -> None:
+    """The producer knows the topic with 3 partitions; it is deleted and re-created with
+    1. Outputs computed for partitions 1 and 2 cannot be delivered there: they go to
+    the topic as it is now, within the delivery timeout."""
+    topic = _topic(kafka_bootstrap, 3)
+
+    async def run() -> float:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap, linger_ms=5, acks="all", request_timeout_ms=20_000
+        )
+        await producer.start()
+        try:
+            publisher = BatchPublisher(producer, 20.0)
+            await publisher.deliver([Output(topic, b"warm", b"up")])  # metadata: 3 partitions
+            admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+            try:
+                admin.delete_topics([topic])
+                deadline = time.monotonic() + 30
+                while topic in admin.list_topics():
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
+                admin.create_topics([NewTopic(topic, 1, 1)])
+            finally:
+                admin.close()
+            assert producer.client.cluster.partitions_for_topic(topic) == {0, 1, 2}
+            started = time.monotonic()
+            await publisher.deliver(outputs)
+            return time.monotonic() - started
+        finally:
+            await producer.stop()
+
+    outputs = [Output(topic, f"k{i}".encode(), b"v%d" % i) for i in range(300)]
+    assert len(set(partitions_of([o.key for o in outputs], 3).tolist())) == 3
+    took = asyncio.run(run())
+    records = drain(kafka_bootstrap, [topic], until=len(outputs), idle=1.0)
+    values = [r.value for r in records]
+    assert set(values) == {o.value for o in outputs}  # every output, on the new topic
+    assert {r.partition for r in records} == {0}
+    print(f"re-sent to the re-created topic in {took:.1f} s")
