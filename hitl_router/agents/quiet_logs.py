@@ -73,7 +73,7 @@ class RateLimit(logging.Filter):
         if last is not None and last[1]:
             record.msg = f"{record.getMessage()} ({last[1]} like it held back in the last "
             record.msg += f"{now - last[0]:.0f} s)"
-            record.args = None
+            record.args = ()
         return True
 
 

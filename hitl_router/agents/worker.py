@@ -102,6 +102,7 @@ def run_worker(
             config.kafka.partitions,
             config.kafka.replication_factor,
         )
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python: admin only, chatty
     with admin_client(config.kafka.bootstrap_servers) as admin:
         preflight.check(config, admin)
     app = build_app(config, agents=sorted(chosen), web_port=web_port)

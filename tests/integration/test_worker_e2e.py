@@ -4,6 +4,7 @@ same one ``replay`` gives; every bad message is dead-lettered with its reason.""
 from __future__ import annotations
 
 import math
+import urllib.request
 from collections import Counter, defaultdict
 
 import orjson
@@ -67,6 +68,11 @@ def test_live_worker_agrees_with_replay(kafka_bootstrap, tmp_path):
         records = drain(kafka_bootstrap, output_topics, until=expected_outputs)
         samples = scrape(metrics_port)
         assert worker.poll() is None, "the worker died"
+        for probe, key in (("healthz", "healthy"), ("readyz", "ready")):
+            body = orjson.loads(
+                urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/{probe}", timeout=2).read()
+            )
+            assert body[key] is True and body["consumer"] == body["producer"] == "running", body
 
     line_of = {pos: i for i, pos in enumerate(positions)}
     fates: dict[str, list[tuple[str, str | None]]] = defaultdict(list)

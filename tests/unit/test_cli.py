@@ -17,6 +17,15 @@ def test_check_config_prints_resolved_rules(capsys):
     assert "config OK: 3 queue(s)" in out
 
 
+def test_check_config_never_prints_the_eval_salt(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("eval_sample: {rate: 0.1, salt: do-not-show-me-42}\n")
+    assert main(["check-config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "do-not-show-me-42" not in out
+    assert "salt_fingerprint: blake2b:" in out
+
+
 @pytest.mark.parametrize("command", ["check-config {}", "replay in.jsonl -c {}", "worker -c {}"])
 def test_bad_config_exits_2_naming_the_key(tmp_path, capsys, command):
     cfg = tmp_path / "bad.yaml"

@@ -1,3 +1,4 @@
+import orjson
 import pytest
 
 from hitl_router.errors import ConfigError
@@ -108,6 +109,24 @@ def test_defaults_when_empty():
         ({"calibration": {"temperatures": {"m": 0}}}, "calibration.temperatures.m", "> 0"),
         ({"worker": {"max_in_flight": 0}}, "worker.max_in_flight", "1 to 100"),
         ({"worker": {"max_in_flight": 2.5}}, "worker.max_in_flight", "expected an integer"),
+        ({"worker": {"delivery_timeout_s": 0.5}}, "worker.delivery_timeout_s", "between 1"),
+        ({"worker": {"shutdown_timeout_s": 0}}, "worker.shutdown_timeout_s", "between 1"),
+        ({"worker": {"session_timeout_ms": 3000}}, "worker.session_timeout_ms", "6000"),
+        (
+            {"worker": {"session_timeout_ms": 9000, "heartbeat_interval_ms": 4000}},
+            "worker.heartbeat_interval_ms",
+            "a third",
+        ),
+        ({"worker": {"group_instance_id": "a b"}}, "worker.group_instance_id", "letters"),
+        ({"limits": {"max_output_bytes": 0}}, "limits.max_output_bytes", "≥ 1"),
+        (
+            {"limits": {"dead_letter_raw_bytes": 200_000}},
+            "limits.dead_letter_raw_bytes",
+            "lower it to at most 163936",
+        ),
+        ({"metrics": {"models": "m"}}, "metrics.models", "list of model names"),
+        ({"metrics": {"models": ["a", "b"], "max_models": 1}}, "metrics.models", "more than"),
+        ({"metrics": {"colour": 1}}, "metrics.colour", "unknown key"),
     ],
 )
 def test_bad_config_names_key_and_problem(data, key, fragment):
@@ -148,3 +167,38 @@ def test_worker_fetch_settings():
     assert (cfg.worker.fetch_min_bytes, cfg.worker.fetch_max_wait_ms) == (1, 0)
     with pytest.raises(ConfigError, match="worker.fetch_min_bytes"):
         parse_config({"worker": {"fetch_min_bytes": 0}})
+
+
+def test_failure_and_membership_settings():
+    w = parse_config({}).worker
+    assert (w.delivery_timeout_s, w.shutdown_timeout_s) == (30.0, 15.0)
+    assert (w.session_timeout_ms, w.heartbeat_interval_ms, w.group_instance_id) == (
+        10000,
+        3000,
+        None,
+    )
+    cfg = parse_config(
+        {"worker": {"group_instance_id": "{hostname}-router", "delivery_timeout_s": 5}}
+    )
+    assert cfg.worker.group_instance_id == "{hostname}-router"
+    assert cfg.worker.delivery_timeout_s == 5.0
+
+
+def test_check_config_shows_a_salt_fingerprint_never_the_salt():
+    a = parse_config({"eval_sample": {"salt": "s3cret-salt"}})
+    b = parse_config({"eval_sample": {"salt": "other-salt"}})
+    shown = a.describe()
+    assert "s3cret-salt" not in orjson.dumps(shown).decode()
+    assert "s3cret-salt" not in repr(a)
+    assert (
+        shown["eval_sample"]["salt_fingerprint"] != b.describe()["eval_sample"]["salt_fingerprint"]
+    )
+    assert a.config_hash != b.config_hash  # another salt is another eval sample
+
+
+def test_limits_for_outputs():
+    limits = parse_config({}).limits
+    assert (limits.max_output_bytes, limits.dead_letter_raw_bytes) == (1_000_000, 65_536)
+    # the largest raw prefix whose worst escaping still fits is accepted
+    ok = parse_config({"limits": {"dead_letter_raw_bytes": 163_936}}).limits
+    assert ok.dead_letter_raw_bytes == 163_936
