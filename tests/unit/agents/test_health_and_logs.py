@@ -126,3 +126,13 @@ def test_model_label_allow_list_and_overflow_count():
     assert get("hitl_predictions_total", {"model": "other"}) == 3
     assert get("hitl_model_label_overflow_total") == 3
     assert get("hitl_predictions_total", {"model": "made-up-1"}) is None
+
+
+def test_partition_mismatch_is_a_warning_naming_both_counts():
+    from hitl_router.agents.preflight import TopicFacts, partition_warning
+
+    cfg = parse_config({"kafka": {"partitions": 6}})
+    assert partition_warning(cfg, {"predictions": TopicFacts(6, 1_048_588)}) is None
+    assert partition_warning(cfg, {}) is None  # not created yet: nothing to say
+    warning = partition_warning(cfg, {"predictions": TopicFacts(2, 1_048_588)})
+    assert warning is not None and "has 2 partitions but kafka.partitions is 6" in warning
