@@ -31,7 +31,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-from hitl_router.agents.settling import Batch, BatchSink, InFlight
+from hitl_router.agents.settling import Batch, BatchSink, InFlight, gaps, unread
 from hitl_router.router.config import WorkerConfig
 
 __all__ = ["Batch", "BatchSink", "BatchingConsumer"]
@@ -120,20 +120,16 @@ class BatchingConsumer(Consumer):
                 fetched: dict[str, tuple[list[Any], dict[Any, list[int]]]] = {}
                 for tp, messages in (await self._fetch(timeout=1.0)).items():
                     r_offset = get_read_offset(tp)
-                    if r_offset is not None:
-                        messages = [m for m in messages if m.offset >= r_offset]
-                        if not messages:
-                            continue  # already read: Faust drops these too
+                    messages = unread(messages, r_offset)
+                    if not messages:
+                        continue  # already read: Faust drops these too
                     tp_offsets = None
                     if acks_enabled_for(tp.topic):
                         tp_offsets = [m.offset for m in messages]
                         # offsets with no message (e.g. transaction markers) become gaps, as in
                         # Faust, or the committer would wait for them forever
-                        prev = r_offset
-                        for offset in tp_offsets:
-                            if prev and offset - prev > 1:
-                                await self._add_gap(tp, prev + 1, offset)
-                            prev = offset
+                        for start, end in gaps(r_offset, tp_offsets):
+                            await self._add_gap(tp, start, end)
                     if tp.topic in self.batch_topics:
                         records, offsets = fetched.setdefault(tp.topic, ([], {}))
                         records.extend(messages)

@@ -98,6 +98,38 @@ class Batch:
 BatchSink = Callable[[Batch], Awaitable[None]]
 
 
+def unread(messages: Sequence[Any], read_offset: int | None) -> Sequence[Any]:
+    """The fetched ``messages`` of a partition not read yet (a fetch after a seek or a
+    rebalance can return records at or below the last one read).
+
+    >>> from types import SimpleNamespace as M
+    >>> [m.offset for m in unread([M(offset=o) for o in (4, 5, 6)], 5)]
+    [5, 6]
+    """
+    if read_offset is None:
+        return messages
+    return [m for m in messages if m.offset >= read_offset]
+
+
+def gaps(read_offset: int | None, offsets: Sequence[int]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of offsets with no record (transaction markers,
+    compacted records) between the last offset read and these, for Faust's gap
+    bookkeeping: its committer would otherwise wait for them forever.
+
+    >>> gaps(4, [5, 6, 9, 10, 14])
+    [(7, 9), (11, 14)]
+    >>> gaps(None, [3, 4]), gaps(0, [2])
+    ([], [(1, 2)])
+    """
+    out = []
+    prev = read_offset
+    for offset in offsets:
+        if prev is not None and offset - prev > 1:
+            out.append((prev + 1, offset))
+        prev = offset
+    return out
+
+
 class InFlight:
     """Batches handed to the agents, each settled by a task of its own.
 
