@@ -29,3 +29,8 @@ class KafkaSetupError(RouterError, RuntimeError):
 
 class InputError(RouterError, ValueError):
     """A command-line input (file, option) cannot be used."""
+
+
+class KafkaAuthError(RouterError, RuntimeError):
+    """Kafka refused the worker: authentication failed, or an ACL denies an operation it
+    needs (the message names the user, or the resource and the operation)."""

@@ -26,6 +26,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
+from hitl_router.agents.connection import faust_kwargs
 from hitl_router.agents.publishing import BatchPublisher
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import Config, WorkerConfig
@@ -117,6 +118,7 @@ def build_app(
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
         broker_commit_interval=1.0,
+        **faust_kwargs(config.kafka.security),
     )
     from faust.sensors.prometheus import setup_prometheus_sensors
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from hitl_router.agents.connection import kafka_python_kwargs
 from hitl_router.errors import KafkaSetupError
+from hitl_router.router.kafka_security import SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +18,7 @@ def ensure_topics(
     partitions: int,
     replication_factor: int = 1,
     timeout_s: float = 30.0,
+    security: SecurityConfig | None = None,
 ) -> list[str]:
     """Create whichever of ``topics`` do not exist; return the ones created.
 
@@ -30,6 +33,7 @@ def ensure_topics(
             bootstrap_servers=bootstrap.split(","),
             client_id="hitl-router-admin",
             request_timeout_ms=int(timeout_s * 1000),
+            **kafka_python_kwargs(security or SecurityConfig()),
         )
     except KafkaError as exc:
         raise KafkaSetupError(f"no Kafka broker reachable at {bootstrap}: {exc!r}") from exc

@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 
+from hitl_router.agents import preflight
 from hitl_router.agents.app import AGENTS, build_app, default_agents, group_id
 from hitl_router.agents.topics import ensure_topics
 from hitl_router.errors import ConfigError
@@ -46,13 +47,16 @@ def run_worker(
         raise ConfigError(
             "--agents", f"unknown agent(s) {sorted(unknown)}; known: {', '.join(AGENTS)} or all"
         )
+    preflight.authenticate(config.kafka)  # with kafka.security: log in once, clear errors
     if config.kafka.create_topics:
         ensure_topics(
             config.kafka.bootstrap_servers,
             [config.topics.predictions, config.topics.labels, *config.output_topics()],
             config.kafka.partitions,
             config.kafka.replication_factor,
+            security=config.kafka.security,
         )
+    preflight.check_access(config, chosen)  # with kafka.security: the ACLs the agents need
     app = build_app(config, agents=sorted(chosen), web_port=web_port)
     log.info(
         "hitl-router worker: agents=%s group=%s config_hash=%s",
