@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,9 @@ def test_worker_over_sasl_ssl_decides_what_replay_decides(secure, tmp_path, monk
         produce(secure.admin_bootstrap, topics["predictions"], raws)
         records = drain(secure.admin_bootstrap, outputs, until=expected, timeout=60, idle=0.5)
         assert worker.poll() is None, "the worker died"
+        url = f"http://127.0.0.1:{cfg['metrics']['port']}/metrics"
+        metrics = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert "hitl_predictions_total" in metrics and PASSWORD not in metrics
     got: dict[str, list[tuple[str, str | None]]] = {}
     queue_of = {q["topic"]: q["name"] for q in cfg["queues"]}
     for r in records:
