@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from hitl_router.agents.app import group_id
 from hitl_router.agents.connection import describe, kafka_python_kwargs, ssl_context
-from hitl_router.errors import KafkaAuthError, KafkaSetupError
+from hitl_router.errors import ConfigError, KafkaAuthError, KafkaSetupError
 from hitl_router.router.config import Config, KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ def authenticate(kafka: KafkaConfig, timeout_s: float = 15.0) -> None:
         try:
             loop.run_until_complete(asyncio.wait_for(_login(kafka, host, int(port)), timeout_s))
             return
+        except ConfigError:
+            raise  # a missing password or CA file: exit 2, naming the key
         except Exception as exc:
             failures.append(_login_failure(kafka, server, exc))
         finally:

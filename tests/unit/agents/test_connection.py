@@ -120,3 +120,20 @@ def test_missing_password_is_a_config_error_at_connect_time(ca_file, monkeypatch
     )  # fmt: skip
     with pytest.raises(ConfigError, match="HITL_PW is not set"):
         faust_kwargs(sec)
+
+
+def test_worker_without_its_password_exits_2_naming_the_key(tmp_path, capsys, monkeypatch):
+    """The secret is looked for before any connection (no broker needed to fail)."""
+    import yaml
+
+    from hitl_router.cli import main
+
+    monkeypatch.delenv("HITL_PW", raising=False)
+    cfg = tmp_path / "c.yaml"
+    security = {"protocol": "SASL_PLAINTEXT", "username": "u", "password_env": "HITL_PW"}
+    cfg.write_text(
+        yaml.safe_dump({"kafka": {"bootstrap_servers": "127.0.0.1:1", "security": security}})
+    )
+    assert main(["worker", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "kafka.security.password_env: environment variable HITL_PW is not set" in err
