@@ -34,3 +34,8 @@ class InputError(RouterError, ValueError):
 class DeliveryError(RouterError, RuntimeError):
     """Outputs were refused by the broker or not acknowledged in time: the worker stops
     with nothing of their batch acked."""
+
+
+class KafkaAuthError(RouterError, RuntimeError):
+    """Kafka refused the worker: authentication failed, or an ACL denies an operation it
+    needs (the message names the user, or the resource and the operation)."""

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from hitl_router.agents import health
 from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
+from hitl_router.agents.connection import faust_kwargs
 from hitl_router.agents.publishing import BatchPublisher
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import OUTPUT_FRAMING_BYTES, Config, WorkerConfig
@@ -141,6 +142,7 @@ def build_app(
         broker_session_timeout=config.worker.session_timeout_ms / 1000,
         broker_heartbeat_interval=config.worker.heartbeat_interval_ms / 1000,
         consumer_group_instance_id=instance_id(config.worker),
+        **faust_kwargs(config.kafka.security),
     )
     from faust.sensors.prometheus import setup_prometheus_sensors
 

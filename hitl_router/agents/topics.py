@@ -7,7 +7,9 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from hitl_router.agents.connection import kafka_python_kwargs
 from hitl_router.errors import KafkaSetupError
+from hitl_router.router.kafka_security import SecurityConfig
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +20,7 @@ def ensure_topics(
     partitions: int,
     replication_factor: int = 1,
     timeout_s: float = 30.0,
+    security: SecurityConfig | None = None,
 ) -> list[str]:
     """Create whichever of ``topics`` do not exist; return the ones created.
 
@@ -32,6 +35,7 @@ def ensure_topics(
             bootstrap_servers=bootstrap.split(","),
             client_id="hitl-router-admin",
             request_timeout_ms=int(timeout_s * 1000),
+            **kafka_python_kwargs(security or SecurityConfig()),
         )
     except KafkaError as exc:
         raise KafkaSetupError(f"no Kafka broker reachable at {bootstrap}: {exc!r}") from exc
@@ -56,7 +60,9 @@ def ensure_topics(
 
 
 @contextlib.contextmanager
-def admin_client(bootstrap: str, timeout_s: float = 30.0) -> Iterator[Any]:
+def admin_client(
+    bootstrap: str, security: SecurityConfig | None = None, timeout_s: float = 30.0
+) -> Iterator[Any]:
     """A kafka-python ``KafkaAdminClient``, closed on exit; a clear error when no broker
     answers."""
     from kafka import KafkaAdminClient
@@ -67,6 +73,7 @@ def admin_client(bootstrap: str, timeout_s: float = 30.0) -> Iterator[Any]:
             bootstrap_servers=bootstrap.split(","),
             client_id="hitl-router-admin",
             request_timeout_ms=int(timeout_s * 1000),
+            **kafka_python_kwargs(security or SecurityConfig()),
         )
     except KafkaError as exc:
         raise KafkaSetupError(f"no Kafka broker reachable at {bootstrap}: {exc!r}") from exc

@@ -18,7 +18,7 @@ from typing import Any
 
 import faust
 
-from hitl_router.agents import preflight, quiet_logs
+from hitl_router.agents import access, preflight, quiet_logs
 from hitl_router.agents.app import AGENTS, build_app, default_agents, group_id
 from hitl_router.agents.topics import admin_client, ensure_topics
 from hitl_router.errors import ConfigError
@@ -95,16 +95,19 @@ def run_worker(
         raise ConfigError(
             "--agents", f"unknown agent(s) {sorted(unknown)}; known: {', '.join(AGENTS)} or all"
         )
+    access.authenticate(config.kafka)  # with kafka.security: log in once, clear errors
     if config.kafka.create_topics:
         ensure_topics(
             config.kafka.bootstrap_servers,
             [config.topics.predictions, config.topics.labels, *config.output_topics()],
             config.kafka.partitions,
             config.kafka.replication_factor,
+            security=config.kafka.security,
         )
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python: admin only, chatty
-    with admin_client(config.kafka.bootstrap_servers) as admin:
+    with admin_client(config.kafka.bootstrap_servers, config.kafka.security) as admin:
         preflight.check(config, admin)
+    access.check_access(config, chosen)  # with kafka.security: the ACLs the agents need
     app = build_app(config, agents=sorted(chosen), web_port=web_port)
     log.info(
         "hitl-router worker: agents=%s group=%s config_hash=%s",

@@ -23,11 +23,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hitl_router.errors import KafkaSetupError
+from hitl_router.localkafka import secured
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,14 @@ class LocalKafka:
     controller_port: int | None = None
     run_dir: Path | None = None
     host: str = "127.0.0.1"
+    #: a SASL_SSL listener (SCRAM-SHA-512) beside PLAINTEXT, for security tests
+    #: (:mod:`.secured`); needs ``ssl_keystore_pem``: the PKCS#8 key + certificate chain
+    sasl_ssl_port: int | None = None
+    ssl_keystore_pem: Path | None = None
+    #: SCRAM-SHA-512 users (name, password), created when the storage is formatted
+    scram_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: the ACL authorizer; PLAINTEXT's User:ANONYMOUS is a super user (the test's admin)
+    acls: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -266,16 +275,18 @@ class LocalKafka:
 
     def server_properties(self) -> str:
         h, p, c = self.host, self.port, self.controller
+        sasl = f",SASL_SSL://{h}:{self.sasl_ssl_port}" if self.sasl_ssl_port else ""
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@{h}:{c}",
-                f"listeners=PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
-                f"advertised.listeners=PLAINTEXT://{h}:{p}",
+                f"listeners=PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}{sasl}",
+                f"advertised.listeners=PLAINTEXT://{h}:{p}{sasl}",
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+                + (",SASL_SSL:SASL_SSL" if sasl else ""),
                 f"log.dirs={self.data_dir}",
                 "num.partitions=1",
                 "offsets.topic.replication.factor=1",
@@ -287,9 +298,18 @@ class LocalKafka:
                 # session expires (default 9 s); a shorter session makes restarts ~6 s faster.
                 "broker.session.timeout.ms=4000",
                 "broker.heartbeat.interval.ms=1000",
+                *self._secured_properties(),
                 "",
             ]
         )
+
+    def _secured_properties(self) -> list[str]:
+        lines = list(secured.AUTHORIZER_PROPERTIES) if self.acls else []
+        if self.sasl_ssl_port is None:
+            return lines
+        if self.ssl_keystore_pem is None:
+            raise KafkaSetupError("a SASL_SSL listener needs ssl_keystore_pem (key + chain)")
+        return secured.listener_properties(Path(self.ssl_keystore_pem).resolve()) + lines
 
     def pid(self) -> int | None:
         """The pid from the pid file if that process is still a live broker."""
@@ -315,7 +335,9 @@ class LocalKafka:
         if not id_file.exists():
             id_file.write_text(new_cluster_id() + "\n")
         cluster_id = id_file.read_text().strip()
-        args = ("format", "-t", cluster_id, "-c", str(props))
+        args: tuple[str, ...] = ("format", "-t", cluster_id, "-c", str(props))
+        for name, password in self.scram_users:
+            args += ("--add-scram", secured.scram_credential(name, password))
         cmd = self._java_cmd(java, libs, "kafka.tools.StorageTool", *args, heap=("-Xmx256m",))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
@@ -339,7 +361,9 @@ class LocalKafka:
             if pid is not None:  # launched by someone else and still booting
                 self._wait_ready(pid, timeout)
                 return False
-            for port, role in ((self.port, "broker"), (self.controller, "controller")):
+            ports = [(self.port, "broker"), (self.controller, "controller")]
+            ports += [(self.sasl_ssl_port, "SASL_SSL")] if self.sasl_ssl_port else []
+            for port, role in ports:
                 if _tcp_open(self.host, port, 1.0):
                     raise KafkaSetupError(
                         f"{self.host}:{port} (wanted as the Kafka {role} port) is in use by "

@@ -25,6 +25,7 @@ import orjson
 import yaml
 
 from hitl_router.errors import ConfigError
+from hitl_router.router.kafka_security import SecurityConfig, parse_security
 from hitl_router.router.rules import Node, parse_rule
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -39,6 +40,7 @@ class KafkaConfig:
     create_topics: bool = True
     partitions: int = 6
     replication_factor: int = 1
+    security: SecurityConfig = SecurityConfig()
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,8 @@ class Config:
             "rate": self.eval_sample.rate,
             "salt_fingerprint": self.eval_sample.fingerprint(),
         }
+        if self.kafka.security == SecurityConfig():  # no block: hashes of older configs hold
+            del out["kafka"]["security"]
         out["calibration"] = {"temperatures": dict(self.calibration.temperatures)}
         out["queues"] = [
             {"name": q.name, "topic": q.topic, "priority": q.priority, "when": q.raw_when}
@@ -237,7 +241,7 @@ def parse_config(data: Any) -> Config:
             "worker",
         },
     )
-    kafka = _section(root, "kafka", KafkaConfig)
+    kafka = _section(root, "kafka", KafkaConfig, nested={"security": parse_security})
     if kafka.partitions < 1 or kafka.replication_factor < 1:
         raise ConfigError("kafka.partitions", "partitions and replication_factor must be ≥ 1")
     topics = _section(root, "topics", TopicsConfig)
@@ -352,7 +356,10 @@ def _known(mapping: Mapping[str, Any], key: str, allowed: set[str]) -> None:
         raise ConfigError(where, f"unknown key; allowed: {', '.join(sorted(allowed))}")
 
 
-def _section(root: Mapping[str, Any], name: str, cls: type) -> Any:
+def _section(
+    root: Mapping[str, Any], name: str, cls: type, nested: Mapping[str, Any] | None = None
+) -> Any:
+    """A flat section; ``nested`` parses the fields that are sections of their own."""
     data = _mapping(root.get(name, {}) or {}, name)
     defaults = cls()
     fields = asdict(defaults)
@@ -360,6 +367,9 @@ def _section(root: Mapping[str, Any], name: str, cls: type) -> Any:
     values = {}
     for field_name, default in fields.items():
         key = f"{name}.{field_name}"
+        if nested and field_name in nested:
+            values[field_name] = nested[field_name](data.get(field_name), key)
+            continue
         value = data.get(field_name, default)
         values[field_name] = _coerce(value, default, key, cls.__annotations__[field_name])
     return cls(**values)
