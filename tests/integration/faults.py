@@ -102,6 +102,8 @@ class PacedProducer(threading.Thread):
         super().__init__(daemon=True, name="paced-producer")
         self.bootstrap, self.topic, self.raws, self.rate = bootstrap, topic, raws, rate
         self.positions: list[tuple[int, int] | None] = [None] * len(raws)
+        #: when the broker acknowledged each message (time.time())
+        self.acked_at: list[float] = [0.0] * len(raws)
         self.errors: list[tuple[int, BaseException]] = []
         self.sent = 0  # handed to the producer
         self.finished_at: float | None = None
@@ -114,6 +116,7 @@ class PacedProducer(threading.Thread):
             producer = KafkaProducer(
                 bootstrap_servers=self.bootstrap,
                 linger_ms=5,
+                batch_size=256 * 1024,
                 max_request_size=4 * 1024 * 1024,
                 max_block_ms=300_000,
                 delivery_timeout_ms=300_000,
@@ -140,6 +143,7 @@ class PacedProducer(threading.Thread):
 
     def _delivered(self, i: int, metadata: Any) -> None:
         self.positions[i] = (metadata.partition, metadata.offset)
+        self.acked_at[i] = time.time()
 
     def _failed(self, i: int, exc: BaseException) -> None:
         self.errors.append((i, exc))
@@ -349,6 +353,11 @@ class Worker:
             if line.startswith(field_name + ":"):
                 return int(line.split()[1]) / 1024
         raise AssertionError(f"no {field_name} for pid {self.pid}")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the worker used so far, from /proc."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def wait_ready(self, timeout: float = 90) -> Worker:
         """Until /metrics answers (fails if the worker exits first)."""
