@@ -303,21 +303,12 @@ class OutputReader(threading.Thread):
 
         self.call(drop)
 
-    def add_topic(self, topic: str) -> None:
+    def add_topic(self, topic: str, partitions: int) -> None:
         """Read ``topic`` (again, e.g. re-created) from its beginning."""
         from kafka import TopicPartition
 
         def add(c: Any) -> None:
-            c._client.cluster.request_update()
-            deadline = time.monotonic() + 30
-            while True:
-                c._client.poll(timeout_ms=200)
-                parts = c._client.cluster.partitions_for_topic(topic)
-                if parts:
-                    break
-                assert time.monotonic() < deadline, f"topic {topic} has no partitions"
-                c._client.cluster.request_update()
-            new = [TopicPartition(topic, p) for p in parts]
+            new = [TopicPartition(topic, p) for p in range(partitions)]
             c.assign([*c.assignment(), *new])
             c.seek_to_beginning(*new)
 
@@ -372,13 +363,13 @@ class Worker:
                 assert time.monotonic() < deadline, f"no /metrics in {timeout}s:\n{self.tail()}"
                 time.sleep(0.2)
 
-    def wait_deciding(self, timeout: float = 120) -> float:
-        """Until this worker decided something; returns when (time.time())."""
+    def wait_deciding(self, at_least: int = 1, timeout: float = 120) -> float:
+        """Until this worker decided ``at_least`` predictions; returns when (time.time())."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, f"worker exited:\n{self.tail()}"
             with contextlib.suppress(OSError):
-                if self.predictions() > 0:
+                if self.predictions() >= at_least:
                     return time.time()
             assert time.monotonic() < deadline, f"nothing decided in {timeout}s:\n{self.tail()}"
             time.sleep(0.1)

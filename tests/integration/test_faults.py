@@ -40,8 +40,10 @@ from tests.integration.helpers import cli, produce
 
 pytestmark = pytest.mark.kafka
 
-#: when the fault strikes: this many predictions handed to the producer (of 15,000)
+#: when the fault strikes: this many predictions handed to the producer (of 15,000) and
+#: this many decided (the worker has caught up with the stream: mid-stream, steady state)
 FAULT_AT = 5000
+DECIDED_AT = 4000
 #: the contract's defaults for outputs' sizes (limits.*)
 DEAD_LETTER_RAW_BYTES = 65536
 MAX_OUTPUT_BYTES = 1_000_000
@@ -73,7 +75,7 @@ def test_broker_kill_9_and_restart_mid_stream(broker, tmp_path):
     with FaultRun(broker.bootstrap, tmp_path, seed=1) as run:
         worker = run.start_worker().wait_ready()
         run.produce().wait_sent(FAULT_AT)
-        worker.wait_deciding()
+        worker.wait_deciding(DECIDED_AT)
         mark = worker.log.stat().st_size
         old_pid = broker.pid()
         assert old_pid is not None
@@ -112,7 +114,7 @@ def test_broker_down_longer_than_delivery_timeout(broker, tmp_path):
     ) as run:
         worker = run.start_worker().wait_ready()
         run.produce().wait_sent(FAULT_AT)
-        worker.wait_deciding()
+        worker.wait_deciding(DECIDED_AT)
         mark = worker.log.stat().st_size
         down = time.time()
         broker.stop()
@@ -151,7 +153,7 @@ def test_worker_sigterm_mid_stream(broker, tmp_path):
     with FaultRun(broker.bootstrap, tmp_path, seed=3) as run:
         worker = run.start_worker().wait_ready()
         run.produce().wait_sent(FAULT_AT)
-        worker.wait_deciding()
+        worker.wait_deciding(DECIDED_AT)
         sent = worker.signal(signal.SIGTERM)
         code = worker.wait_exit(SHUTDOWN_TIMEOUT_S + 5)
         stopped_after = time.time() - sent
@@ -180,7 +182,7 @@ def test_worker_kill_9_restarted_with_static_membership(broker, tmp_path):
     ) as run:
         worker = run.start_worker().wait_ready()
         run.produce().wait_sent(FAULT_AT)
-        worker.wait_deciding()
+        worker.wait_deciding(DECIDED_AT)
         worker.signal(signal.SIGKILL)
         worker.wait_exit(10)
         restarted = run.start_worker("w-restarted")
@@ -201,7 +203,7 @@ def test_one_of_two_workers_killed(broker, tmp_path):
         wait_members(broker.bootstrap, run.cfg["kafka"]["group_id"], 2)
         run.produce().wait_sent(FAULT_AT)
         for w in workers:
-            w.wait_deciding()
+            w.wait_deciding(DECIDED_AT // 2)
         killed = workers[0].signal(signal.SIGKILL)
         outcome = run.finish(timeout=150)
         survivor_alive = workers[1].proc.poll() is None
@@ -239,7 +241,7 @@ def test_output_topic_deleted_and_recreated(broker, tmp_path):
         poller.worker = worker
         poller.start()
         run.produce().wait_sent(FAULT_AT)
-        worker.wait_deciding()
+        worker.wait_deciding(DECIDED_AT)
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         # paused so that the reader has everything written to the topic before it goes
         # (outputs deleted unread would look lost); the worker meets a topic that vanished
@@ -258,12 +260,12 @@ def test_output_topic_deleted_and_recreated(broker, tmp_path):
                 except Exception:
                     assert time.monotonic() < deadline, "the topic was not re-created"
                     time.sleep(0.5)
-            run.reader.add_topic(accepted)
+            run.reader.add_topic(accepted, 1)
         admin.close()
         fault = time.time()
         # supervise: a worker that exits is restarted; it must not crash-loop or hang
         exits: list[tuple[int, float]] = []
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if worker.proc.poll() is not None:
                 exits.append((worker.proc.returncode, time.time() - fault))
