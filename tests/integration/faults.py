@@ -18,6 +18,7 @@ import json
 import math
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -413,15 +414,17 @@ def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
         return None
 
 
-def log_records(path: Path, since: int = 0, until: int | None = None) -> tuple[int, int]:
-    """(log records, lines) of a worker log between two byte offsets. A record starts
-    with Faust's ``[YYYY-MM-DD ...`` prefix; the other lines continue one (tracebacks)."""
+def log_records(path: Path, since: int = 0, until: int | None = None) -> tuple[int, int, int]:
+    """(warnings and errors, all log records, lines) of a worker log between two byte
+    offsets. A record starts with Faust's ``[YYYY-MM-DD ...`` prefix (other lines continue
+    one: tracebacks); its level is the third bracket."""
     with path.open("rb") as fh:
         fh.seek(since)
         data = fh.read() if until is None else fh.read(until - since)
     lines = data.decode(errors="replace").splitlines()
-    records = sum(1 for x in lines if x.startswith("[") and x[1:3].isdigit())
-    return records, len(lines)
+    records = [x for x in lines if x.startswith("[") and x[1:3].isdigit()]
+    loud = sum(1 for x in records if re.search(r"\] \[(WARNING|ERROR|CRITICAL)\]", x))
+    return loud, len(records), len(lines)
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int, config: dict[str, str]) -> None:
@@ -574,6 +577,9 @@ class FaultRun:
         while self.reader.covers(ids, dead) != (0, 0):
             if time.monotonic() > deadline:
                 return False
+            if self.workers and all(w.proc.poll() is not None for w in self.workers):
+                time.sleep(1)  # every worker exited: what they sent is read by now
+                return self.reader.covers(ids, dead) == (0, 0)
             time.sleep(0.2)
         return True
 
