@@ -118,6 +118,12 @@ def build_app(
     agents = default_agents(config) if agents is None else agents
     registry = registry if registry is not None else CollectorRegistry()
     app_id = group_id(config, agents)
+    port = config.metrics.port if web_port is None else web_port
+    static = instance_id(config.worker)
+    # Faust's assignor asserts that an assignment names this worker's URL; with static
+    # membership a restarted member gets its previous assignment back without a
+    # rebalance, so the URL must not change with a --metrics-port override
+    url = f"http://{socket.gethostname()}:{config.metrics.port if static else port}"
     app = RouterApp(
         app_id,
         broker=broker_urls(config.kafka.bootstrap_servers),
@@ -125,8 +131,9 @@ def build_app(
         key_serializer="raw",
         store="memory://",
         datadir=str(Path(tempfile.gettempdir()) / f"hitl-router-{app_id}"),
-        web_port=config.metrics.port if web_port is None else web_port,
+        web_port=port,
         web_bind="0.0.0.0",
+        canonical_url=url,
         consumer_auto_offset_reset="earliest",
         topic_partitions=config.kafka.partitions,
         topic_replication_factor=config.kafka.replication_factor,
@@ -141,7 +148,7 @@ def build_app(
         broker_commit_interval=1.0,
         broker_session_timeout=config.worker.session_timeout_ms / 1000,
         broker_heartbeat_interval=config.worker.heartbeat_interval_ms / 1000,
-        consumer_group_instance_id=instance_id(config.worker),
+        consumer_group_instance_id=static,
         **faust_kwargs(config.kafka.security),
     )
     from faust.sensors.prometheus import setup_prometheus_sensors
@@ -167,7 +174,9 @@ def build_app(
             publisher.append(BatchPublisher(producer, config.worker.delivery_timeout_s))
         if not outputs:
             return []
-        return [asyncio.ensure_future(publisher[0].deliver(outputs))]
+        task = asyncio.ensure_future(publisher[0].deliver(outputs))
+        task.add_done_callback(_retrieved)  # its failure is reported by the batch's wait
+        return [task]
 
     deadletter = config.topics.deadletter
 
@@ -293,6 +302,13 @@ def _one_by_one(
             log.exception("%s: message %d of the batch failed alone; dead-lettering it", name, i)
             deliveries += internal_error(single, exc)
     return deliveries
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A delivery's failure is raised by its batch's wait; a batch forgotten on a stop
+    never waits, and asyncio would log each failure as "never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _report_output(topic: str, report: Any) -> Output:

@@ -3,7 +3,8 @@ consumer and producer.
 
 - **healthz** (liveness): 200 while the worker runs; 503 once it crashed or is
   stopping (it then exits within ``worker.shutdown_timeout_s``), or when its consumer
-  or producer crashed. A supervisor restarts a worker that stays unhealthy.
+  or producer crashed — the consumer's group coordination included: a timer crashes
+  the worker when it stops. A supervisor restarts a worker that stays unhealthy.
 - **readyz** (readiness): 200 when healthy *and* the consumer has joined its group and
   holds its assignment (possibly empty, when the group has more workers than
   partitions) *and* the producer has started; 503 before the first assignment, during a
@@ -18,6 +19,8 @@ from typing import Any
 
 import faust
 from faust.web import Request, Response, View
+
+from hitl_router.errors import RouterError
 
 
 class Health:
@@ -42,7 +45,7 @@ class Health:
         producer = app._producer
         return {
             "running": app.started and not app.should_stop,
-            "consumer": _state(consumer),
+            "consumer": "crashed" if coordination_error(app) else _state(consumer),
             "producer": _state(producer),
             "assigned": self.assigned,
             "partitions": self.partitions if self.assigned else 0,
@@ -58,6 +61,21 @@ class Health:
             and checks["consumer"] == "running"
             and checks["producer"] == "running"
         )
+
+
+def coordination_error(app: faust.App) -> BaseException | None:
+    """Why the consumer's group coordination stopped, if it did. aiokafka runs it as a
+    task that, once it has raised (e.g. Faust's assignor refusing an assignment), never
+    joins the group again — and the consumer, holding no partition, never reads the
+    error: the worker would idle for ever, looking alive."""
+    try:
+        coordinator = app._consumer._thread._consumer._coordinator  # type: ignore[union-attr]
+        task = coordinator._coordination_task
+    except AttributeError:  # not started yet, or no group
+        return None
+    if task is None or not task.done() or task.cancelled():
+        return None
+    return task.exception()
 
 
 def _state(service: Any) -> str:
@@ -81,6 +99,16 @@ def install(app: faust.App) -> Health:
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         health.on_revoked()
+
+    @app.timer(1.0)
+    async def _watch_coordination() -> None:
+        """A consumer whose group coordination died crashes the worker (it then exits
+        within worker.shutdown_timeout_s), instead of idling with no partition."""
+        error = coordination_error(app)
+        if error is not None and app._consumer is not None and not app._consumer.crashed:
+            await app._consumer.crash(
+                RouterError(f"the consumer's group coordination stopped: {error!r}")
+            )
 
     @app.page("/healthz")
     class Healthz(View):

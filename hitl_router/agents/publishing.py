@@ -83,12 +83,16 @@ class BatchPublisher:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                _abandon(live)
                 raise DeliveryError(self._timeout_message(len(outputs), live))
             if pending:
                 await asyncio.wait(pending, timeout=min(_CHECK_EVERY_S, remaining))
             orphans += await self._vanished([g for g in live if g not in orphans])
             if orphans:
                 live = [g for g in live if g not in orphans]
+                for g in orphans:  # they expire in the producer: nobody awaits them now
+                    for future in g.futures:
+                        future.add_done_callback(_retrieved)
                 resend = [o for g in orphans for o in (g.unsent or g.outputs)]
                 log.warning(
                     "%d outputs were queued for partitions that no longer exist (%s); "
@@ -102,11 +106,14 @@ class BatchPublisher:
                 if not future.done():
                     await asyncio.wait([future], timeout=max(deadline - time.monotonic(), 0))
                 if not future.done():
+                    _abandon(live)
                     raise DeliveryError(self._timeout_message(len(outputs), [g]))
                 error = future.exception()
                 if error is not None:
+                    _abandon(live)
                     raise DeliveryError(
-                        f"the broker refused an output to {g.topic}[{g.partition}]: {error!r}"
+                        f"outputs not delivered: the broker refused an output to "
+                        f"{g.topic}[{g.partition}]: {error!r}"
                     ) from error
 
     def _timeout_message(self, n: int, groups: Sequence[_Group]) -> str:
@@ -114,8 +121,9 @@ class BatchPublisher:
             {f"{g.topic}[{g.partition}]" for g in groups if g.unsent or not _all_done(g)}
         )
         return (
-            f"{n} outputs not acknowledged by the broker within {self.delivery_timeout_s:g} s "
-            f"(worker.delivery_timeout_s); still waiting on {', '.join(waiting[:10])}"
+            f"{n} outputs not delivered: not acknowledged by the broker within "
+            f"{self.delivery_timeout_s:g} s (worker.delivery_timeout_s); still waiting on "
+            f"{', '.join(waiting[:10])}"
         )
 
     async def _vanished(self, groups: Sequence[_Group]) -> list[_Group]:
@@ -221,6 +229,19 @@ def _group(grouped: dict[tuple[str, int], _Group], topic: str, p: int) -> _Group
     if g is None:
         g = grouped[(topic, p)] = _Group(topic, p, [])
     return g
+
+
+def _abandon(groups: Sequence[_Group]) -> None:
+    """The delivery failed: nobody awaits these futures any more (asyncio would log each
+    unretrieved failure at exit)."""
+    for g in groups:
+        for future in g.futures:
+            future.add_done_callback(_retrieved)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _all_done(g: _Group) -> bool:

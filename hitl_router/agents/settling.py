@@ -84,14 +84,13 @@ class Batch:
         done, pending = await asyncio.wait(self._deliveries, timeout=timeout)
         for future in pending:
             future.cancel()  # type: ignore[attr-defined]
-        for future in done:
-            error = future.exception()  # type: ignore[attr-defined]
-            if error is not None:
-                raise error
+        errors = [e for e in (f.exception() for f in done) if e is not None]  # type: ignore[attr-defined]
+        if errors:
+            raise errors[0]
         if pending:
             raise DeliveryError(
-                f"outputs of {len(self.messages)} messages not acknowledged by the broker "
-                f"within {timeout:g} s (worker.delivery_timeout_s)"
+                f"outputs of {len(self.messages)} messages not delivered: not acknowledged by "
+                f"the broker within {timeout:g} s (worker.delivery_timeout_s)"
             )
 
 
@@ -155,6 +154,8 @@ class InFlight:
         self._messages = 0
         #: unsettled batches by their settling task (a stop or rebalance waits on them)
         self.batches: dict[asyncio.Future[None], Batch] = {}
+        #: batches that failed (the first one stops the worker; the others are told)
+        self.failures = 0
 
     @property
     def messages(self) -> int:
@@ -199,9 +200,13 @@ class InFlight:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self.failures += 1
+            if self.failures > 1:  # the first one stopped the worker already
+                log.info("another batch of %d messages failed too (%r)", len(batch.messages), exc)
+                return
             log.error(
-                "a batch of %d messages was not handled and delivered (%s); nothing of it is "
-                "acked: it is redone from the committed offset",
+                "a batch of %d messages failed (%s); nothing of it is acked: it is redone "
+                "from the committed offset",
                 len(batch.messages),
                 exc,
             )

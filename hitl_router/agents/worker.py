@@ -8,6 +8,7 @@ dead worker looking alive. A crash exits 1; a clean stop 0.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -79,6 +80,18 @@ class _QuietWorker(faust.Worker):
         self._watchdog = timer
 
 
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """One log record per exception that ends a thread (Faust's consumer thread is
+    cancelled while it stops): Python's default prints the traceback to stderr, which
+    Faust's worker logs line by line as warnings."""
+    name = args.thread.name if args.thread is not None else "?"
+    if isinstance(args.exc_value, asyncio.CancelledError):
+        log.info("thread %s cancelled while stopping", name)
+        return
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    log.error("thread %s ended with %r", name, args.exc_value, exc_info=exc_info)  # type: ignore[arg-type]
+
+
 def run_worker(
     config: Config,
     *,
@@ -120,6 +133,7 @@ def run_worker(
     # re-walking the long-lived app. Freeze what exists now, collect young objects rarely.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    threading.excepthook = _thread_excepthook
     worker = _QuietWorker(app, loglevel=loglevel)
     worker.shutdown_timeout_s = config.worker.shutdown_timeout_s
     try:

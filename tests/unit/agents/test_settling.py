@@ -204,3 +204,20 @@ def test_internal_error_letters_of_the_live_agent_fit_and_name_the_source() -> N
     assert out.topic == "predictions.deadletter" and out.key == b"p-9"
     assert doc["error"]["code"] == "internal_error"
     assert doc["source"] == {"topic": "predictions", "partition": 2, "offset": 41}
+
+
+def test_after_the_first_failure_others_are_not_acked_and_not_reported_again() -> None:
+    async def scenario() -> Recorder:
+        rec = Recorder()
+        flight = InFlight(100, rec.ack, rec.failed)
+        batches = [batch_of(2, agents=1, start=2 * i) for i in range(3)]
+        tasks = [flight.add(b) for b in batches]
+        batches[0].fail(RuntimeError("first"))
+        batches[1].fail(RuntimeError("second"))
+        batches[2].finish()
+        await asyncio.gather(*tasks)
+        return rec
+
+    rec = run(scenario())
+    assert [str(e) for e in rec.failures] == ["first"]  # the worker stops once
+    assert rec.acked == [[4, 5]]  # a batch that did settle is still acked
