@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from hitl_router.errors import DeliveryError
 from hitl_router.router.outputs import Output
 from hitl_router.router.partitioning import partitions_of
@@ -74,7 +76,12 @@ class BatchPublisher:
         future instead (``gather``) scheduled a callback per output when its batch
         completed. The others are still checked, and awaited should one not be done."""
         deadline = time.monotonic() + self.delivery_timeout_s
-        groups = await self.publish(outputs)
+        try:
+            groups = await self.publish(outputs)
+        except KafkaError as exc:  # e.g. no room in the producer's buffer in time
+            raise DeliveryError(
+                f"{len(outputs)} outputs not delivered: the producer could not take them ({exc!r})"
+            ) from exc
         live = list(groups)
         while True:
             pending = [g.futures[-1] for g in live if g.futures and not g.futures[-1].done()]

@@ -257,7 +257,9 @@ def test_output_topic_deleted_and_recreated(broker, tmp_path):
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    delivery_timeout = 5
+    # a worker starting on a loaded 2-core machine next to fresh topics has been seen to
+    # wait over 5 s for their leaders: 10 s, so that only the fault can time it out
+    delivery_timeout = 10
     with FaultRun(
         broker.bootstrap, tmp_path, seed=6, worker={"delivery_timeout_s": delivery_timeout}
     ) as run:
