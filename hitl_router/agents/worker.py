@@ -108,6 +108,7 @@ def run_worker(
         raise ConfigError(
             "--agents", f"unknown agent(s) {sorted(unknown)}; known: {', '.join(AGENTS)} or all"
         )
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python: admin only, chatty
     access.authenticate(config.kafka)  # with kafka.security: log in once, clear errors
     if config.kafka.create_topics:
         ensure_topics(
@@ -117,7 +118,6 @@ def run_worker(
             config.kafka.replication_factor,
             security=config.kafka.security,
         )
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python: admin only, chatty
     with admin_client(config.kafka.bootstrap_servers, config.kafka.security) as admin:
         preflight.check(config, admin)
     access.check_access(config, chosen)  # with kafka.security: the ACLs the agents need
