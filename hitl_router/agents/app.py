@@ -59,6 +59,15 @@ def default_agents(config: Config) -> tuple[str, ...]:
     return ("router", "sampler", "drift") if config.drift.profile else ("router", "sampler")
 
 
+def producer_timeout_s(worker: WorkerConfig) -> float:
+    """aiokafka's request timeout: twice the delivery timeout, at least a minute more.
+
+    >>> producer_timeout_s(WorkerConfig())
+    90.0
+    """
+    return max(2 * worker.delivery_timeout_s, worker.delivery_timeout_s + 60.0)
+
+
 def instance_id(worker: WorkerConfig) -> str | None:
     """``worker.group_instance_id`` with ``{hostname}`` replaced (static membership)."""
     if worker.group_instance_id is None:
@@ -102,7 +111,9 @@ class RouterApp(faust.App):
         consumer.fetch_max_wait_ms = self.worker_settings.fetch_max_wait_ms
         consumer.fetch_min_bytes = self.worker_settings.fetch_min_bytes
         consumer.max_in_flight = self.worker_settings.max_in_flight
-        consumer.delivery_timeout_s = self.worker_settings.delivery_timeout_s + 5.0
+        # a backstop in wall time, for a delivery task that would never end; the
+        # publisher's own deadline (in running time) is the one that fails deliveries
+        consumer.delivery_timeout_s = 3 * self.worker_settings.delivery_timeout_s + 60.0
         return consumer
 
 
@@ -143,8 +154,10 @@ def build_app(
         # every output fits by construction (limits.max_output_bytes + framing); the
         # preflight checks the output topics take as much
         producer_max_request_size=config.limits.max_output_bytes + OUTPUT_FRAMING_BYTES,
-        # nothing waits in the producer's buffer longer than a delivery may take
-        producer_request_timeout=config.worker.delivery_timeout_s,
+        # the publisher fails a delivery after worker.delivery_timeout_s of running time;
+        # aiokafka's own timeouts (batch expiry, room in its buffer) count wall time, so
+        # they are longer: a worker frozen for a minute (SIGSTOP, a paused VM) goes on
+        producer_request_timeout=producer_timeout_s(config.worker),
         broker_commit_interval=1.0,
         broker_session_timeout=config.worker.session_timeout_ms / 1000,
         broker_heartbeat_interval=config.worker.heartbeat_interval_ms / 1000,

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 
 from hitl_router.errors import DeliveryError
 from hitl_router.router.outputs import Output
@@ -48,15 +48,72 @@ class _Group:
     unsent: list[Output] = field(default_factory=list)
 
 
+class RunningClock:
+    """Monotonic seconds the process actually ran: a gap between two ticks of its task
+    longer than ``tick + slack`` (the process was stopped — SIGSTOP, a paused VM, a
+    suspended laptop) is not counted. Delivery deadlines are measured with it, so a
+    worker frozen for a minute does not, once it runs again, fail deliveries the broker
+    answered meanwhile: the delivery timeout is about a broker that does not answer.
+
+    >>> now = [100.0]
+    >>> clock = RunningClock(clock=lambda: now[0])
+    >>> now[0] += 0.5; clock.tick()
+    >>> now[0] += 60.0  # frozen: no tick for a minute
+    >>> round(clock.now() - 100.0, 3)  # the overdue part of the gap is not counted
+    1.0
+    >>> clock.tick(); round(clock.now() - 100.0, 3)
+    1.0
+    """
+
+    def __init__(
+        self, tick: float = 0.5, slack: float = 1.5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval, self.slack = tick, slack
+        self._clock = clock
+        self._last = clock()
+        self._frozen = 0.0
+        self._task: asyncio.Future[None] | None = None
+
+    def tick(self) -> None:
+        now = self._clock()
+        self._frozen += self._overdue(now)
+        self._last = now
+
+    def now(self) -> float:
+        t = self._clock()
+        return t - self._frozen - self._overdue(t)
+
+    def _overdue(self, t: float) -> float:
+        gap = t - self._last - self.interval
+        return gap if gap > self.slack else 0.0
+
+    def start(self) -> None:
+        """Tick in a task of the running loop (once)."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(self.interval)
+
+
 class BatchPublisher:
     """Sends :class:`Output` lists through an ``aiokafka.AIOKafkaProducer``."""
 
     #: below this many outputs for one partition, they are sent one by one
     min_batch: int = 64
 
-    def __init__(self, producer: Any, delivery_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, producer: Any, delivery_timeout_s: float = 30.0, clock: RunningClock | None = None
+    ) -> None:
         self.producer = producer
         self.delivery_timeout_s = delivery_timeout_s
+        self.clock = clock or RunningClock()
+        #: (topic, partition)s found gone: batches the producer still holds for them are
+        #: failed (they could never be delivered, and Faust's flush before every commit
+        #: would wait for them until they expire)
+        self._gone: set[tuple[str, int]] = set()
 
     async def _partitions_for(self, topic: str) -> list[int]:
         parts = self.producer.client.cluster.partitions_for_topic(topic)
@@ -75,21 +132,29 @@ class BatchPublisher:
         queue), so when the last is done, so are the others. Awaiting every output's
         future instead (``gather``) scheduled a callback per output when its batch
         completed. The others are still checked, and awaited should one not be done."""
-        deadline = time.monotonic() + self.delivery_timeout_s
+        clock = self.clock
+        clock.start()
+        deadline = clock.now() + self.delivery_timeout_s
         try:
-            groups = await self.publish(outputs)
+            groups = await self.publish(outputs, deadline)
         except KafkaError as exc:  # e.g. no room in the producer's buffer in time
             raise DeliveryError(
                 f"{len(outputs)} outputs not delivered: the producer could not take them ({exc!r})"
             ) from exc
         live = list(groups)
+        late = False
         while True:
             pending = [g.futures[-1] for g in live if g.futures and not g.futures[-1].done()]
             orphans = [g for g in live if g.unsent]
             if not pending and not orphans:
                 break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = deadline - clock.now()
+            if remaining <= 0 and pending and not late:
+                # one last look: a process frozen past its deadline (SIGSTOP, a paused VM)
+                # finds, once it runs again, answers the broker sent meanwhile
+                late = True
+                remaining = _CHECK_EVERY_S
+            elif remaining <= 0:
                 _abandon(live)
                 raise DeliveryError(self._timeout_message(len(outputs), live))
             if pending:
@@ -97,9 +162,10 @@ class BatchPublisher:
             orphans += await self._vanished([g for g in live if g not in orphans])
             if orphans:
                 live = [g for g in live if g not in orphans]
-                for g in orphans:  # they expire in the producer: nobody awaits them now
+                for g in orphans:  # nobody awaits them now
                     for future in g.futures:
                         future.add_done_callback(_retrieved)
+                self._gone.update((g.topic, g.partition) for g in orphans if g.futures)
                 resend = [o for g in orphans for o in (g.unsent or g.outputs)]
                 log.warning(
                     "%d outputs were queued for partitions that no longer exist (%s); "
@@ -107,11 +173,13 @@ class BatchPublisher:
                     len(resend),
                     sorted({f"{g.topic}[{g.partition}]" for g in orphans}),
                 )
-                live += await self.publish(resend)
+                live += await self.publish(resend, deadline)
+            if self._gone:
+                self._drop_gone()
         for g in live:
             for future in g.futures:
                 if not future.done():
-                    await asyncio.wait([future], timeout=max(deadline - time.monotonic(), 0))
+                    await asyncio.wait([future], timeout=max(deadline - clock.now(), 0.0))
                 if not future.done():
                     _abandon(live)
                     raise DeliveryError(self._timeout_message(len(outputs), [g]))
@@ -133,6 +201,20 @@ class BatchPublisher:
             f"{', '.join(waiting[:10])}"
         )
 
+    def _drop_gone(self) -> None:
+        """Fail the producer's queued batches for partitions that no longer exist (a
+        batch refused in flight is queued again by aiokafka, so this runs at every check
+        while any is known). A partition that exists again is forgotten."""
+        cluster = self.producer.client.cluster
+        batches = getattr(getattr(self.producer, "_message_accumulator", None), "_batches", {})
+        for topic, p in list(self._gone):
+            parts = cluster.partitions_for_topic(topic)
+            if parts and p in parts:
+                self._gone.discard((topic, p))
+                continue
+            for batch in batches.pop((topic, p), ()):
+                batch.failure(UnknownTopicOrPartitionError(f"{topic}[{p}] no longer exists"))
+
     async def _vanished(self, groups: Sequence[_Group]) -> list[_Group]:
         """The groups with outputs still pending on a partition their topic no longer
         has (deleted and re-created smaller). A topic the producer knows no partition of
@@ -153,9 +235,10 @@ class BatchPublisher:
                 out.append(g)
         return out
 
-    async def publish(self, outputs: Sequence[Output]) -> list[_Group]:
+    async def publish(self, outputs: Sequence[Output], deadline: float) -> list[_Group]:
         """Queue every output, grouped per (topic, partition), each group with the
-        futures that resolve when the broker has its outputs."""
+        futures that resolve when the broker has its outputs. ``deadline`` (on
+        :attr:`clock`): how long queueing may wait for room in the producer."""
         by_topic: dict[str, list[Output]] = {}
         for o in outputs:
             by_topic.setdefault(o.topic, []).append(o)
@@ -179,56 +262,71 @@ class BatchPublisher:
         for g in grouped.values():
             if len(g.outputs) < self.min_batch:
                 for j, o in enumerate(g.outputs):
-                    future = await self._send(g, o)
+                    future = await self._send(g, o, deadline)
                     if future is None:
                         g.unsent = g.outputs[j:]
                         break
                     g.futures.append(future)
             else:
-                large.append(self._send_batches(g))
+                large.append(self._send_batches(g, deadline))
         # each partition waits for its own free slot (aiokafka queues one batch per
         # partition): in parallel, or a batch would wait out one round trip per partition
         await asyncio.gather(*large)
         return list(grouped.values())
 
-    async def _send(self, g: _Group, o: Output) -> asyncio.Future[Any] | None:
+    async def _send(self, g: _Group, o: Output, deadline: float) -> asyncio.Future[Any] | None:
         """``send`` to the group's partition; None when the producer no longer knows
         that partition (aiokafka asserts it)."""
-        try:
-            future: asyncio.Future[Any] = await self.producer.send(
-                g.topic, o.value, key=o.key, partition=g.partition
-            )
-        except AssertionError:  # "Unrecognized partition": the metadata changed
-            return None
-        return future
+        while True:
+            try:
+                future: asyncio.Future[Any] = await self.producer.send(
+                    g.topic, o.value, key=o.key, partition=g.partition
+                )
+            except AssertionError:  # "Unrecognized partition": the metadata changed
+                return None
+            except KafkaTimeoutError:
+                self._still_time(deadline)
+                continue
+            return future
 
-    async def _send_batches(self, g: _Group) -> None:
+    def _still_time(self, deadline: float) -> None:
+        """aiokafka gave up waiting for room for a batch: its wait shrinks faster than
+        its timeout says (it subtracts the time since its start at every turn) and counts
+        time the process was frozen. Waiting again is right until our own deadline."""
+        if self.clock.now() >= deadline:
+            raise KafkaTimeoutError("no room in the producer's buffer before the deadline")
+
+    async def _send_batches(self, g: _Group, deadline: float) -> None:
         create_batch = self.producer.create_batch
         batch, first = create_batch(), 0  # first: index of the batch's first output
         for j, o in enumerate(g.outputs):
             if batch.append(key=o.key, value=o.value, timestamp=None) is None:
-                if not await self._send_batch(g, batch, first):
+                if not await self._send_batch(g, batch, first, deadline):
                     return
                 batch, first = create_batch(), j
                 if batch.append(key=o.key, value=o.value, timestamp=None) is None:
                     # larger than a whole batch: send() sizes a batch to fit it
-                    future = await self._send(g, o)
+                    future = await self._send(g, o, deadline)
                     if future is None:
                         g.unsent = g.outputs[j:]
                         return
                     g.futures.append(future)
                     batch, first = create_batch(), j + 1
         if batch.record_count():
-            await self._send_batch(g, batch, first)
+            await self._send_batch(g, batch, first, deadline)
 
-    async def _send_batch(self, g: _Group, batch: Any, first: int) -> bool:
-        try:
-            future = await self.producer.send_batch(batch, g.topic, partition=g.partition)
-        except AssertionError:  # "Unrecognized partition": the metadata changed
-            g.unsent = g.outputs[first:]
-            return False
-        g.futures.append(future)
-        return True
+    async def _send_batch(self, g: _Group, batch: Any, first: int, deadline: float) -> bool:
+        while True:
+            try:
+                future = await self.producer.send_batch(batch, g.topic, partition=g.partition)
+            except AssertionError:  # "Unrecognized partition": the metadata changed
+                g.unsent = g.outputs[first:]
+                return False
+            except KafkaTimeoutError:
+                self._still_time(deadline)
+                continue
+            g.futures.append(future)
+            return True
 
 
 def _group(grouped: dict[tuple[str, int], _Group], topic: str, p: int) -> _Group:

@@ -26,37 +26,28 @@ def ensure_topics(
 
     Existing topics are left as they are (their partition count included).
     """
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     wanted = list(dict.fromkeys(topics))
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap.split(","),
-            client_id="hitl-router-admin",
-            request_timeout_ms=int(timeout_s * 1000),
-            **kafka_python_kwargs(security or SecurityConfig()),
-        )
-    except KafkaError as exc:
-        raise KafkaSetupError(f"no Kafka broker reachable at {bootstrap}: {exc!r}") from exc
-    try:
-        existing = set(admin.list_topics())
-        missing = [t for t in wanted if t not in existing]
-        if missing:
-            spec = {
-                t: {"num_partitions": partitions, "replication_factor": replication_factor}
-                for t in missing
-            }
-            try:
-                admin.create_topics(spec, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
-            except TopicAlreadyExistsError:
-                pass  # another worker created it meanwhile
-            log.info("created topics %s (%d partitions)", missing, partitions)
-        return missing
-    except KafkaError as exc:
-        raise KafkaSetupError(f"cannot create topics at {bootstrap}: {exc!r}") from exc
-    finally:
-        admin.close()
+    with admin_client(bootstrap, security, timeout_s) as admin:
+        try:
+            existing = set(admin.list_topics())
+            missing = [t for t in wanted if t not in existing]
+            if missing:
+                spec = {
+                    t: {"num_partitions": partitions, "replication_factor": replication_factor}
+                    for t in missing
+                }
+                try:
+                    admin.create_topics(
+                        spec, timeout_ms=int(timeout_s * 1000), wait_for_metadata=True
+                    )
+                except TopicAlreadyExistsError:
+                    pass  # another worker created it meanwhile
+                log.info("created topics %s (%d partitions)", missing, partitions)
+            return missing
+        except KafkaError as exc:
+            raise KafkaSetupError(f"cannot create topics at {bootstrap}: {exc!r}") from exc
 
 
 @contextlib.contextmanager

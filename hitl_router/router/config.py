@@ -150,9 +150,9 @@ class WorkerConfig:
     #: batches' worth of messages (× batch_size) decided but not yet delivered before
     #: the fetch loop waits for the oldest batch's outputs
     max_in_flight: int = 4
-    #: a batch's outputs not acknowledged by the broker within this many seconds stop
-    #: the worker (exit 1, nothing of the batch acked); also the producer's request
-    #: timeout, so nothing waits in its buffer longer
+    #: a batch's outputs not acknowledged by the broker within this many seconds of
+    #: the worker's running time stop the worker (exit 1, nothing of the batch acked);
+    #: time it was frozen (SIGSTOP, a paused VM) does not count
     delivery_timeout_s: float = 30.0
     #: a worker that stops (signal, crash) exits within this many seconds, flushed or
     #: not: unacked work is redone by whoever holds the partitions next

@@ -16,12 +16,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from hitl_router.simulate import Simulator
+from tests.integration.faults import replay_fates
 from tests.integration.helpers import cli, drain, produce, running_worker, write_config
 from tests.integration.secure_kafka import SecureBroker, allow, create_topics, start_secure_broker
 
@@ -68,22 +68,13 @@ def secure_config(path: Path, broker: SecureBroker, deny_write: str | None = Non
     return cfg
 
 
-def replayed(tmp_path: Path, cfg_path: Path, raws: list[bytes]) -> list[dict[str, Any]]:
-    lines = tmp_path / "in.jsonl"
-    lines.write_bytes(b"\n".join(raws) + b"\n")
-    out = tmp_path / "decisions.jsonl"
-    res = cli("replay", str(lines), "-c", str(cfg_path), "-o", str(out))
-    assert res.returncode == 0, res.stderr.decode()
-    return [orjson.loads(x) for x in out.read_bytes().splitlines()]
-
-
 def test_worker_over_sasl_ssl_decides_what_replay_decides(secure, tmp_path, monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     cfg_path = tmp_path / "config.yaml"
     cfg = secure_config(cfg_path, secure)
     topics = cfg["topics"]
     raws = list(Simulator(seed=5, flag_rate=0.02, id_prefix="sec").messages(400))
-    verdicts = replayed(tmp_path, cfg_path, raws)
+    verdicts = replay_fates(tmp_path, cfg_path, raws)
     expected = sum(v["fate"] != "pass" for v in verdicts)
     assert expected > 20
     outputs = [topics["eval"], topics["deadletter"], *[q["topic"] for q in cfg["queues"]]]
