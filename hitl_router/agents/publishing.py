@@ -146,6 +146,8 @@ class BatchPublisher:
         while True:
             pending = [g.futures[-1] for g in live if g.futures and not g.futures[-1].done()]
             orphans = [g for g in live if g.unsent]
+            if self._gone:  # a queue failed as gone by this or another delivery's check
+                orphans += [g for g in live if not g.unsent and _failed_as_gone(g)]
             if not pending and not orphans:
                 break
             remaining = deadline - clock.now()
@@ -165,8 +167,8 @@ class BatchPublisher:
                 for g in orphans:  # nobody awaits them now
                     for future in g.futures:
                         future.add_done_callback(_retrieved)
-                self._gone.update((g.topic, g.partition) for g in orphans if g.futures)
-                resend = [o for g in orphans for o in (g.unsent or g.outputs)]
+                self._gone.update((g.topic, g.partition) for g in orphans)
+                resend = [o for g in orphans for o in g.outputs]  # every one: its partition is gone
                 log.warning(
                     "%d outputs were queued for partitions that no longer exist (%s); "
                     "sending them to the topics' partitions as they are now",
@@ -206,13 +208,15 @@ class BatchPublisher:
         batch refused in flight is queued again by aiokafka, so this runs at every check
         while any is known). A partition that exists again is forgotten."""
         cluster = self.producer.client.cluster
-        batches = getattr(getattr(self.producer, "_message_accumulator", None), "_batches", {})
+        accumulator = self.producer._message_accumulator
         for topic, p in list(self._gone):
             parts = cluster.partitions_for_topic(topic)
             if parts and p in parts:
                 self._gone.discard((topic, p))
                 continue
-            for batch in batches.pop((topic, p), ()):
+            for batch in accumulator._batches.pop((topic, p), ()):
+                if batch.retry_count:  # sent once: aiokafka's callback removes it from here
+                    accumulator._pending_batches.add(batch)
                 batch.failure(UnknownTopicOrPartitionError(f"{topic}[{p}] no longer exists"))
 
     async def _vanished(self, groups: Sequence[_Group]) -> list[_Group]:
@@ -282,7 +286,9 @@ class BatchPublisher:
                 future: asyncio.Future[Any] = await self.producer.send(
                     g.topic, o.value, key=o.key, partition=g.partition
                 )
-            except AssertionError:  # "Unrecognized partition": the metadata changed
+            except (AssertionError, UnknownTopicOrPartitionError):
+                # "Unrecognized partition" (the metadata changed), or the partition's
+                # queue was failed as gone (:meth:`_drop_gone`): sent again by deliver
                 return None
             except KafkaTimeoutError:
                 self._still_time(deadline)
@@ -319,7 +325,7 @@ class BatchPublisher:
         while True:
             try:
                 future = await self.producer.send_batch(batch, g.topic, partition=g.partition)
-            except AssertionError:  # "Unrecognized partition": the metadata changed
+            except (AssertionError, UnknownTopicOrPartitionError):  # as in _send
                 g.unsent = g.outputs[first:]
                 return False
             except KafkaTimeoutError:
@@ -334,6 +340,15 @@ def _group(grouped: dict[tuple[str, int], _Group], topic: str, p: int) -> _Group
     if g is None:
         g = grouped[(topic, p)] = _Group(topic, p, [])
     return g
+
+
+def _failed_as_gone(g: _Group) -> bool:
+    """Did :meth:`BatchPublisher._drop_gone` fail some of this group's outputs? (aiokafka
+    itself retries an unknown partition; it never fails a future with that error.)"""
+    return any(
+        f.done() and not f.cancelled() and isinstance(f.exception(), UnknownTopicOrPartitionError)
+        for f in g.futures
+    )
 
 
 def _abandon(groups: Sequence[_Group]) -> None:
