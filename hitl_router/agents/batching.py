@@ -73,9 +73,9 @@ class BatchingConsumer(Consumer):
     fetch_max_wait_ms: int = _WORKER.fetch_max_wait_ms
     #: how much data the broker waits for before it answers a fetch (aiokafka's own: 1)
     fetch_min_bytes: int = _WORKER.fetch_min_bytes
-    #: a batch's deliveries not done this long after its agents finished fail it (the
-    #: publisher's own deadline, the same setting, normally fails it first)
-    delivery_timeout_s: float = _WORKER.delivery_timeout_s + 5.0
+    #: a backstop in wall time: a batch's deliveries not done this long after its agents
+    #: finished fail it (the publisher's own deadline, in running time, fails them first)
+    delivery_timeout_s: float = 3 * _WORKER.delivery_timeout_s + 60.0
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -111,10 +111,12 @@ class BatchingConsumer(Consumer):
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         acks_enabled_for = self.app.topics.acks_enabled_for
-        budget = self.max_in_flight * self.app.conf.broker_max_poll_records
-        in_flight = self._in_flight = InFlight(
-            budget, self.ack_offsets, self._batch_failed, self.delivery_timeout_s
-        )
+        in_flight = self._in_flight
+        if in_flight is None:  # one for the consumer's life: a restarted fetcher keeps it
+            budget = self.max_in_flight * self.app.conf.broker_max_poll_records
+            in_flight = self._in_flight = InFlight(
+                budget, self.ack_offsets, self._batch_failed, self.delivery_timeout_s
+            )
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 fetched: dict[str, tuple[list[Any], dict[Any, list[int]]]] = {}
