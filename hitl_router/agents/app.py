@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from hitl_router.agents import health
 from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
 from hitl_router.agents.connection import faust_kwargs
+from hitl_router.agents.handling import batch_agent
 from hitl_router.agents.publishing import BatchPublisher
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import OUTPUT_FRAMING_BYTES, Config, WorkerConfig
@@ -242,7 +243,7 @@ def build_app(
         if name in agents:
             channel = app.channel()
             channels.append(channel)
-            body = _batch_agent(name, handlers[name], internal_error, metrics)
+            body = batch_agent(name, handlers[name], internal_error, metrics)
             app.agent(channel, name=name)(body)
 
     async def fan_out(batch: Batch) -> None:
@@ -252,69 +253,6 @@ def build_app(
     app.batch_topics = {config.topics.predictions: (len(channels), fan_out)}
     app.worker_settings = config.worker
     return app
-
-
-Handler = Callable[[Batch], list[Awaitable[Any]]]
-
-
-def _batch_agent(
-    name: str,
-    handle: Handler,
-    internal_error: Callable[[Batch, BaseException], list[Awaitable[Any]]],
-    metrics: RouterMetrics,
-) -> Callable[[faust.StreamT], Awaitable[None]]:
-    """An agent body: each batch is handled, then marked finished with the deliveries of
-    its outputs. Never silently: see :func:`handle_batch`."""
-
-    async def agent(stream: faust.StreamT) -> None:
-        async for batch in stream:
-            handle_batch(batch, name, handle, internal_error, metrics)
-
-    return agent
-
-
-def handle_batch(
-    batch: Batch,
-    name: str,
-    handle: Handler,
-    internal_error: Callable[[Batch, BaseException], list[Awaitable[Any]]],
-    metrics: RouterMetrics,
-) -> None:
-    """Handle ``batch``; if that raises (a bug: bad input has its dead letters), handle
-    its messages one by one, and dead-letter each one that still fails alone as
-    ``internal_error``. If even that raises, the batch fails: it is not acked, the
-    worker stops, and the batch is redone on restart — never acked without outputs."""
-    try:
-        deliveries = handle(batch)
-    except Exception:
-        log.exception(
-            "%s: a batch of %d failed; handling it message by message", name, len(batch.messages)
-        )
-        metrics.agent_errors.labels(name).inc()
-        try:
-            deliveries = _one_by_one(batch, name, handle, internal_error)
-        except Exception as exc:
-            log.exception("%s: a batch of %d could not be handled", name, len(batch.messages))
-            batch.fail(exc)
-            return
-    batch.finish(deliveries)
-
-
-def _one_by_one(
-    batch: Batch,
-    name: str,
-    handle: Handler,
-    internal_error: Callable[[Batch, BaseException], list[Awaitable[Any]]],
-) -> list[Awaitable[Any]]:
-    deliveries: list[Awaitable[Any]] = []
-    for i in range(len(batch.messages)):
-        single = Batch(batch.messages[i : i + 1], 1)
-        try:
-            deliveries += handle(single)
-        except Exception as exc:
-            log.exception("%s: message %d of the batch failed alone; dead-lettering it", name, i)
-            deliveries += internal_error(single, exc)
-    return deliveries
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from hitl_router.agents import app as agent_app
+from hitl_router.agents.handling import handle_batch
 from hitl_router.agents.settling import Batch, InFlight
 from hitl_router.errors import DeliveryError
 from hitl_router.metrics import RouterMetrics
@@ -149,7 +149,7 @@ def handled(
 ) -> tuple[Batch, list[Any], CollectorRegistry]:
     reg = CollectorRegistry()
     batch = Batch([SimpleNamespace(value=r) for r in raws], 1)
-    agent_app.handle_batch(batch, "router", handle, internal_error, RouterMetrics(reg))
+    handle_batch(batch, "router", handle, internal_error, RouterMetrics(reg))
     return batch, batch._deliveries, reg
 
 
