@@ -123,21 +123,13 @@ def letter_doc(
     True
     """
     payload = raw or b""
-    keep = limits.dead_letter_raw_bytes if raw_bytes is None else raw_bytes
     out: dict[str, Any] = {"error": _bounded(error)}
     pid = id_of(raw, limits.max_message_bytes)
     if pid is not None:
         out["id"] = pid
-    prefix = payload[:keep]
-    text = _utf8_prefix(prefix, truncated=len(payload) > keep)
-    if text is not None:
-        out["raw"], out["raw_encoding"] = text, "utf-8"
-    else:
-        out["raw"] = base64.b64encode(prefix).decode("ascii")
-        out["raw_encoding"] = "base64"
+    _set_raw(out, payload, limits.dead_letter_raw_bytes if raw_bytes is None else raw_bytes)
     out["raw_size"] = len(payload)
     out["raw_sha256"] = hashlib.sha256(payload).hexdigest()
-    out["raw_truncated"] = len(payload) > keep
     out["source"] = (
         {"topic": source.topic, "partition": source.partition, "offset": source.offset}
         if source is not None
@@ -153,12 +145,31 @@ def letter(
     """A dead letter, serialised, that fits ``limits.max_output_bytes`` by construction
     (the config refuses a raw prefix whose worst escaping would not fit); should it
     not, the raw prefix is halved until it does."""
+    return _fit(letter_doc(error, raw, source, now, limits), raw or b"", limits)
+
+
+def _set_raw(doc: dict[str, Any], payload: bytes, keep: int) -> None:
+    """The letter's ``raw``: at most ``keep`` bytes of ``payload``, as text when that
+    prefix is UTF-8 (a character cut at its end dropped), else base64."""
+    prefix = payload[:keep]
+    text = _utf8_prefix(prefix, truncated=len(payload) > keep)
+    if text is not None:
+        doc["raw"], doc["raw_encoding"] = text, "utf-8"
+    else:
+        doc["raw"], doc["raw_encoding"] = base64.b64encode(prefix).decode("ascii"), "base64"
+    doc["raw_truncated"] = len(payload) > keep
+
+
+def _fit(doc: dict[str, Any], payload: bytes, limits: LimitsConfig) -> bytes:
+    """``doc`` serialised, its raw prefix halved until it fits (only ``raw`` is
+    rebuilt: the id, size and SHA-256 of the payload are computed once)."""
+    value = orjson.dumps(doc)
     keep = limits.dead_letter_raw_bytes
-    while True:
-        value = orjson.dumps(letter_doc(error, raw, source, now, limits, keep))
-        if len(value) <= limits.max_output_bytes or keep == 0:
-            return value
+    while len(value) > limits.max_output_bytes and keep:
         keep //= 2
+        _set_raw(doc, payload, keep)
+        value = orjson.dumps(doc)
+    return value
 
 
 def too_large(kind: str, size: int, limits: LimitsConfig) -> ErrorInfo:
@@ -278,9 +289,9 @@ def _letter(
     now: float,
     limits: LimitsConfig,
 ) -> Output:
-    value = letter(error, raw, sources[i] if sources else None, now, limits)
-    pid = id_of(raw, limits.max_message_bytes)
-    return Output(topic, pid.encode() if pid else None, value)
+    doc = letter_doc(error, raw, sources[i] if sources else None, now, limits)
+    pid = doc.get("id")  # parsed once, with the letter
+    return Output(topic, pid.encode() if pid else None, _fit(doc, raw or b"", limits))
 
 
 def error_letters(
