@@ -46,6 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.set_defaults(handler=_replay)
 
+    p = sub.add_parser(
+        "calibrate",
+        help="accuracy, ECE (before/after), NLL and a fitted temperature of labelled predictions",
+    )
+    p.add_argument(
+        "input", help="JSONL predictions, each with its true 'label' (class name or index)"
+    )
+    p.add_argument("-c", "--config", help="YAML config (temperatures in use, labels.min_labels)")
+    p.add_argument("-o", "--output", default="-", help="write the JSON here (default: stdout)")
+    p.set_defaults(handler=_calibrate)
+
     p = sub.add_parser("check-config", help="validate a config and print the resolved rules")
     p.add_argument("config", help="YAML config file")
     p.set_defaults(handler=_check_config)
@@ -84,6 +95,21 @@ def _replay(args: argparse.Namespace) -> int:
             print(_pretty(summary))
     if args.summary:
         Path(args.summary).write_text(_pretty(summary) + "\n", encoding="utf-8")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from hitl_router.calibrate import calibrate
+    from hitl_router.replay import read_lines
+    from hitl_router.router.config import load_config, parse_config
+
+    config = load_config(args.config) if args.config else parse_config({})
+    report = _pretty(calibrate(read_lines(args.input), config, args.input)) + "\n"
+    if args.output == "-":
+        sys.stdout.write(report)
+    else:
+        with _open_out(args.output) as out:
+            out.write(report.encode())
     return 0
 
 

@@ -30,6 +30,7 @@ import orjson
 
 from hitl_router.errors import InputError, KafkaSetupError
 from hitl_router.router.outputs import id_of
+from hitl_router.router.uncertainty import apply_temperature
 
 if TYPE_CHECKING:
     from hitl_router.model import DigitsCommittee
@@ -199,6 +200,7 @@ class Simulator:
         *,
         committee: DigitsCommittee | None = None,
         batch: int = BATCH,
+        sharpen: float = 1.0,
     ) -> None:
         if not 0.0 <= flag_rate <= 1.0:
             raise ValueError(f"flag_rate must be in [0, 1], got {flag_rate}")
@@ -208,6 +210,11 @@ class Simulator:
             raise ValueError(f"drift_at must be >= 0, got {drift_at}")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
+        if not 0.0 < sharpen <= 100.0:
+            raise ValueError(f"sharpen must be in (0, 100], got {sharpen}")
+        #: the published probabilities are softmax(log p / sharpen): below 1 the model is
+        #: over-confident (what temperature scaling must undo with T = 1 / sharpen)
+        self.sharpen = float(sharpen)
         self.batch = batch
         self.seed = seed
         self.flag_rate = float(flag_rate)
@@ -239,6 +246,9 @@ class Simulator:
             dev_w = np.asarray(DEVICE_WEIGHTS)
         devices = _draw_devices(rng, n, dev_w)
         probs, members = self.committee.predict_batch(X)
+        if self.sharpen != 1.0:
+            probs = apply_temperature(probs, self.sharpen)
+            members = apply_temperature(members, self.sharpen)
         # numpy rows go straight into the dicts: orjson serializes them (OPT_SERIALIZE_NUMPY)
         # byte-for-byte like lists of floats, without creating ~60 float objects per message
         probs_r = _round_dist(probs)
@@ -516,6 +526,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--drift-at must be >= 0, got {args.drift_at}")
     if not args.id_prefix:
         raise InputError("--id-prefix must not be empty")
+    if not 0.0 < args.sharpen <= 100.0:
+        raise InputError(f"--sharpen must be in (0, 100], got {args.sharpen}")
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -528,6 +540,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         drift_at=args.drift_at,
         id_prefix=args.id_prefix,
         batch=batch_for_rate(args.rate),
+        sharpen=args.sharpen,
     )
     t0 = time.perf_counter()
     if args.out:
@@ -594,6 +607,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="fraction of messages replaced by malformed ones (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sharpen",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="publish softmax(log p / T): T < 1 makes the model over-confident "
+        "(default: %(default)s, the model as trained)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--id-prefix", default="p", help="prediction id prefix (default: %(default)s)")

@@ -51,6 +51,17 @@ class TopicsConfig:
     labels: str = "review.labels"
     accepted: str | None = None
     drift_reports: str = "drift.reports"
+    #: accepted temperatures, compacted, key = model (every worker reads all of it)
+    calibration: str = "calibration"
+    #: review labels drawn for a second look
+    qa: str = "review.qa"
+    #: labels that cannot be joined or are malformed, with a code
+    labels_deadletter: str = "review.labels.deadletter"
+    #: internal: what the router decided for each eval and review item, keyed by id
+    #: (co-partitioned with ``labels``), joined with the labels in a Faust table
+    decisions: str = "hitl.decisions"
+    #: internal: joined labels re-keyed by model, for the per-model windows
+    joined: str = "hitl.labels.joined"
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,39 @@ class CalibrationConfig:
         if t is None:
             t = self.temperatures.get(model.split("@", 1)[0], 1.0)
         return t
+
+
+#: The correction taxonomy's default reasons (SPEC).
+DEFAULT_REASONS = (
+    "model_correct",
+    "ambiguous_input",
+    "wrong_class_boundary",
+    "out_of_distribution",
+    "guideline_gap",
+    "bad_input",
+)
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    #: eval labels per model (and per ``name@version``) in the rolling window the
+    #: accuracy, ECE, Brier, NLL and the temperature are computed on
+    window: int = 2000
+    #: fewer eval labels in a window: no temperature is fitted and the ECE warning is off
+    #: (ECE is biased upward at small n: ~0.09 for a calibrated model at n = 100)
+    min_labels: int = 200
+    #: eval labels between two temperature fits of a model
+    refit_every: int = 50
+    #: share of review labels re-queued to ``topics.qa`` for a second look
+    qa_rate: float = 0.05
+    #: a decision waits this long for its label; a later label is ``unknown_id``
+    retention_hours: float = 336.0
+    #: and at most this many decisions wait (the oldest go first)
+    max_decisions: int = 1_000_000
+    #: ECE (after temperature) above this, with ``min_labels``, raises ``hitl_ece_warning``
+    ece_warning: float = 0.10
+    #: the correction taxonomy: the reasons a label's ``correction.reason`` may take
+    reasons: tuple[str, ...] = DEFAULT_REASONS
 
 
 @dataclass(frozen=True)
@@ -173,6 +217,7 @@ class Config:
     eval_sample: EvalSampleConfig
     queues: tuple[QueueConfig, ...]
     calibration: CalibrationConfig
+    labels: LabelsConfig
     limits: LimitsConfig
     drift: DriftConfig
     metrics: MetricsConfig
@@ -191,9 +236,10 @@ class Config:
     def describe(self) -> dict[str, Any]:
         """The resolved configuration as plain data (what ``check-config`` prints)."""
         out: dict[str, Any] = {}
-        for name in ("kafka", "topics", "limits", "drift", "metrics", "worker"):
+        for name in ("kafka", "topics", "labels", "limits", "drift", "metrics", "worker"):
             out[name] = asdict(getattr(self, name))
         out["metrics"]["models"] = list(self.metrics.models)
+        out["labels"]["reasons"] = list(self.labels.reasons)
         # never the salt: a producer that knows it can steer ids in or out of the sample
         out["eval_sample"] = {
             "rate": self.eval_sample.rate,
@@ -235,6 +281,7 @@ def parse_config(data: Any) -> Config:
             "eval_sample",
             "queues",
             "calibration",
+            "labels",
             "limits",
             "drift",
             "metrics",
@@ -272,6 +319,7 @@ def parse_config(data: Any) -> Config:
         eval_sample=sample,
         queues=_queues(root.get("queues", []), topics),
         calibration=_calibration(root.get("calibration", {})),
+        labels=_labels(root),
         limits=limits,
         drift=drift,
         metrics=metrics,
@@ -297,6 +345,36 @@ def _limits(root: Mapping[str, Any]) -> LimitsConfig:
             f"{(limits.max_output_bytes - DEAD_LETTER_FIELDS_BYTES) // _WORST_RAW_EXPANSION}",
         )
     return limits
+
+
+def _labels(root: Mapping[str, Any]) -> LabelsConfig:
+    data = dict(_mapping(root.get("labels", {}) or {}, "labels"))
+    reasons = data.pop("reasons", list(DEFAULT_REASONS))
+    if (
+        not isinstance(reasons, list)
+        or not reasons
+        or not all(isinstance(r, str) and _NAME.match(r) for r in reasons)
+    ):
+        raise ConfigError(
+            "labels.reasons",
+            f"expected a non-empty list of names (letters, digits, _ . -), got {reasons!r}",
+        )
+    labels: LabelsConfig = _section({"labels": data}, "labels", LabelsConfig)
+    for name in ("window", "min_labels", "refit_every", "max_decisions"):
+        if getattr(labels, name) < 1:
+            raise ConfigError(f"labels.{name}", f"must be ≥ 1, got {getattr(labels, name)}")
+    if labels.min_labels > labels.window:
+        raise ConfigError(
+            "labels.min_labels",
+            f"{labels.min_labels} is more than labels.window ({labels.window}) holds",
+        )
+    if not 0.0 <= labels.qa_rate <= 1.0:
+        raise ConfigError("labels.qa_rate", f"must be between 0 and 1, got {labels.qa_rate:g}")
+    if not labels.retention_hours > 0:
+        raise ConfigError("labels.retention_hours", "must be > 0")
+    if not 0.0 < labels.ece_warning < 1.0:
+        raise ConfigError("labels.ece_warning", "must be between 0 and 1 (exclusive)")
+    return replace(labels, reasons=tuple(dict.fromkeys(reasons)))
 
 
 def _metrics(root: Mapping[str, Any]) -> MetricsConfig:

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from hitl_router.router.decision import FATES, REVIEW, BatchDecisions, Policy
+from hitl_router.router.decision import EVAL, FATES, REVIEW, BatchDecisions, Policy
+from hitl_router.router.labelled import LabelledSet
+from hitl_router.router.labels import class_index
 
 
 class Summary:
@@ -31,6 +33,9 @@ class Summary:
         self.error_codes: Counter[str] = Counter()
         self.labelled: Counter[str] = Counter()
         self.label_errors: Counter[str] = Counter()
+        #: labelled eval-sample rows (the honest measure) and every labelled row
+        self.eval_set = LabelledSet(policy.config)
+        self.all_set = LabelledSet(policy.config)
 
     def add(self, batch: BatchDecisions) -> None:
         counts = np.bincount(batch.fate, minlength=len(FATES))
@@ -45,8 +50,11 @@ class Summary:
                 continue
             fate = batch.fate_name(i)
             self.labelled[fate] += 1
-            if str(doc["label"]) != predicted_class(doc):
+            if _true_class(doc) != _top(doc["probs"]):
                 self.label_errors[fate] += 1
+            self.all_set.add(doc, doc["label"])
+            if batch.fate[i] == EVAL:
+                self.eval_set.add(doc, doc["label"])
 
     def report(self) -> dict[str, Any]:
         total = sum(self.fates.values())
@@ -84,16 +92,26 @@ class Summary:
                 "eval_accuracy": _ratio(
                     self.labelled["eval"] - self.label_errors["eval"], self.labelled["eval"]
                 ),
+                # accuracy, ECE, Brier, NLL and a temperature: on the eval sample (honest:
+                # a uniform draw), and on every labelled line (honest only when the
+                # labelled lines are themselves a random draw)
+                "calibration": {
+                    "eval": self.eval_set.report() if self.eval_set.n else None,
+                    "all": self.all_set.report() if self.all_set.n else None,
+                },
             }
         return out
 
 
-def predicted_class(doc: dict[str, Any]) -> str:
-    """The predicted class of a valid prediction: its name, or its index as a string."""
-    probs = doc["probs"]
-    top = max(range(len(probs)), key=probs.__getitem__)
-    classes = doc.get("classes")
-    return classes[top] if classes else str(top)
+def _top(probs: list[float]) -> int:
+    return max(range(len(probs)), key=probs.__getitem__)
+
+
+def _true_class(doc: dict[str, Any]) -> int | None:
+    label = doc["label"]
+    if isinstance(label, bool) or not isinstance(label, str | int):
+        return None
+    return class_index(label, doc.get("classes"), len(doc["probs"]))
 
 
 def _ratio(a: int, b: int) -> float | None:
