@@ -28,6 +28,7 @@ import orjson
 import yaml
 
 from hitl_router.errors import InputError, KafkaSetupError
+from hitl_router.review_team import ReviewTeam, ReviewTeamThread
 from hitl_router.router.config import Config, parse_config
 
 
@@ -55,6 +56,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=9108)
     p.add_argument("--malformed-rate", type=float, default=0.002)
     p.add_argument("--drift-at", type=int, help="degrade the model's inputs from message N on")
+    p.add_argument(
+        "--sharpen",
+        type=float,
+        default=1.0,
+        help="publish softmax(log p / T): below 1 the model is over-confident (1: as trained, "
+        "which is under-confident)",
+    )
     p.add_argument(
         "--keep-kafka",
         action="store_true",
@@ -87,6 +95,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg_file.write_text(config_text, encoding="utf-8")
     worker = None
     tally: _Tally | None = None
+    team: ReviewTeamThread | None = None
     stop = threading.Event()
     try:
         from hitl_router.agents.topics import ensure_topics
@@ -96,10 +105,16 @@ def run_demo(args: argparse.Namespace) -> int:
             [config.topics.predictions, config.topics.labels, *config.output_topics()],
             config.kafka.partitions,
             config.kafka.replication_factor,
+            configs=config.topic_configs(),
         )
         run_id = uuid.uuid4().hex[:8]
         tally = _Tally(config, prefix=f"demo-{run_id}-")
         tally.start()
+        # the review team answers eval and review items of this run as they arrive
+        team = ReviewTeamThread(
+            config, ReviewTeam(seed=int(time.time())), id_prefix=f"demo-{run_id}-"
+        )
+        team.start()
         worker = subprocess.Popen(
             [
                 sys.executable,
@@ -127,6 +142,7 @@ def run_demo(args: argparse.Namespace) -> int:
             drift_at=args.drift_at,
             id_prefix=f"demo-{run_id}",
             batch=batch_for_rate(args.rate),
+            sharpen=args.sharpen,
         )
         sent: list[int] = []
         producer_thread = threading.Thread(
@@ -161,12 +177,16 @@ def run_demo(args: argparse.Namespace) -> int:
         while tally.decided() < total and time.time() < deadline:
             time.sleep(0.5)
         print(tally.line(time.time() - started), flush=True)
+        labelled = _wait_labels(args.metrics_port, team, timeout=15)
         print(tally.summary(total, _scrape(args.metrics_port)))
+        print(_loop_summary(team, labelled, args.metrics_port))
         return 0 if tally.decided() >= total else 1
     finally:
         stop.set()
         if tally is not None:
             tally.close()
+        if team is not None:
+            team.close()
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -197,8 +217,10 @@ class _Tally(threading.Thread):
             enable_auto_commit=False,
             group_id=None,
         )
-        topics = config.output_topics()
-        self.consumer.subscribe(topics)
+        t = config.topics
+        # the fates' topics (not the label loop's, which the summary reads from /metrics)
+        topics = [t.eval, t.deadletter, *config.review_topics()]
+        self.consumer.subscribe(topics + ([t.accepted] if t.accepted else []))
         while not self.consumer.assignment():
             self.consumer.poll(timeout_ms=200)
         self.consumer.seek_to_end()
@@ -279,6 +301,79 @@ def _wait_metrics(port: int, worker: subprocess.Popen[bytes], timeout: float) ->
         except OSError:
             time.sleep(0.5)
     raise KafkaSetupError(f"the worker's /metrics did not answer on port {port} in {timeout}s")
+
+
+def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _wait_labels(port: int, team: ReviewTeamThread, timeout: float) -> float:
+    """Until the worker has joined every label the team sent (or ``timeout``); returns
+    how many it joined."""
+    deadline = time.time() + timeout
+    joined = 0.0
+    while time.time() < deadline:
+        joined = sum(v for (n, _), v in _samples(port).items() if n == "hitl_labels_total")
+        if joined >= sum(team.sent.values()) > 0:
+            break
+        time.sleep(0.5)
+    return joined
+
+
+def _loop_summary(team: ReviewTeamThread, joined: float, port: int) -> str:
+    """What the labels say: honest accuracy, ECE before/after and the temperature."""
+    samples = _samples(port)
+
+    def get(name: str, **labels: str) -> float | None:
+        for (n, ls), v in samples.items():
+            if n == name and all(dict(ls).get(k) == x for k, x in labels.items()):
+                return v
+        return None
+
+    sent = team.sent
+    lines = [
+        f"labels sent by the review team: eval {sent['eval']}, review {sent['review']}, "
+        f"qa {sent['qa']}; joined {joined:g}"
+    ]
+    models = sorted({dict(ls)["model"] for (n, ls) in samples if n == "hitl_eval_labels"})
+    for m in models:
+        n = get("hitl_eval_labels", model=m)
+        acc, lo, hi = (get(f"hitl_eval_accuracy{s}", model=m) for s in ("", "_lower", "_upper"))
+        ece, ece_t = get("hitl_ece", model=m), get("hitl_ece_calibrated", model=m)
+        t = get("hitl_calibration_temperature", model=m)
+        fits = get("hitl_calibration_fits_total", model=m, outcome="accepted") or 0
+        if acc is None or ece is None or ece_t is None:
+            continue
+        lines.append(
+            f"{m}: eval accuracy {acc:.3f} [{lo:.3f}, {hi:.3f}] on n={n:g} eval labels; "
+            f"ECE {ece:.3f} before, {ece_t:.3f} after temperature "
+            + (f"T={t:.3f} (fitted, {fits:g} accepted)" if t is not None else "T=1 (no fit yet)")
+        )
+
+    def total(name: str, **labels: str) -> float:
+        return sum(
+            v
+            for (n, ls), v in samples.items()
+            if n == name and all(dict(ls).get(k) == x for k, x in labels.items())
+        )
+
+    wrong = total("hitl_trigger_labels_total", model_wrong="true")
+    right = total("hitl_trigger_labels_total", model_wrong="false")
+    if wrong + right:
+        lines.append(
+            f"review precision (model wrong when a rule fired): {wrong / (wrong + right):.2%}"
+        )
+    return "\n".join(lines)
 
 
 def _scrape(port: int) -> dict[str, float]:

@@ -22,8 +22,10 @@ import logging
 import time
 from collections.abc import Iterable
 
-from hitl_router.agents.app import group_id
+from hitl_router.agents.app import BATCH_AGENTS, group_id
 from hitl_router.agents.connection import describe, kafka_python_kwargs, ssl_context
+from hitl_router.agents.label_join import JOIN_TABLE
+from hitl_router.agents.label_windows import WINDOW_TABLE
 from hitl_router.errors import ConfigError, KafkaAuthError, KafkaSetupError
 from hitl_router.router.config import Config, KafkaConfig
 
@@ -108,20 +110,35 @@ def _login_failure(kafka: KafkaConfig, server: str, exc: Exception) -> Exception
 def written_topics(config: Config, agents: Iterable[str]) -> list[str]:
     """The topics ``agents`` publish to."""
     out: list[str] = []
+    t = config.topics
     if "router" in agents:
-        out += [config.topics.deadletter, *config.review_topics()]
-        out += [config.topics.accepted] if config.topics.accepted else []
+        out += [t.deadletter, *config.review_topics(), t.decisions]
+        out += [t.accepted] if t.accepted else []
     if "sampler" in agents:
-        out.append(config.topics.eval)
+        out += [t.eval, t.decisions]
     if "drift" in agents:
-        out.append(config.topics.drift_reports)
-    return out
+        out.append(t.drift_reports)
+    if "labels" in agents:
+        # labels not keyed by id are re-sent to the labels topic, keyed by id
+        out += [t.labels_deadletter, t.qa, t.joined, t.calibration, t.labels]
+    return list(dict.fromkeys(out))
+
+
+def read_topics(config: Config, agents: Iterable[str]) -> list[str]:
+    """The topics ``agents`` read."""
+    t = config.topics
+    out = [t.predictions] if any(a in BATCH_AGENTS for a in agents) else []
+    if "router" in agents:
+        out.append(t.calibration)  # every router follows the temperatures
+    if "labels" in agents:
+        out += [t.decisions, t.labels, t.joined]
+    return list(dict.fromkeys(out))
 
 
 def check_access(config: Config, agents: Iterable[str], timeout_s: float = 15.0) -> None:
     """Raise :class:`KafkaAuthError` listing every operation the principal is denied:
-    READ on the predictions topic, WRITE on what ``agents`` publish, READ on their
-    consumer group (PLAINTEXT: no-op)."""
+    READ on what ``agents`` read, WRITE on what they publish, READ on their consumer
+    group, and what Faust's own topics need (PLAINTEXT: no-op)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -130,10 +147,15 @@ def check_access(config: Config, agents: Iterable[str], timeout_s: float = 15.0)
         return
     agents = sorted(agents)
     group = group_id(config, agents)
-    needs: dict[str, tuple[str, ...]] = {config.topics.predictions: ("READ",)}
-    needs.update((t, ("WRITE",)) for t in written_topics(config, agents))
-    # Faust creates (every start, also when it exists) and reads its leader topic
+    needs: dict[str, tuple[str, ...]] = {t: ("READ",) for t in read_topics(config, agents)}
+    for t in written_topics(config, agents):
+        needs[t] = ("READ", "WRITE") if t in needs else ("WRITE",)
+    # Faust creates (every start, also when it exists) and reads its leader topic, and
+    # the labels agents' table changelogs, which it also writes
     needs[f"{group}-__assignor-__leader"] = ("CREATE", "READ")
+    if "labels" in agents:
+        for table in (JOIN_TABLE, WINDOW_TABLE):
+            needs[f"{group}-{table}-changelog"] = ("CREATE", "READ", "WRITE")
     ms = int(timeout_s * 1000)
     try:
         admin = KafkaAdminClient(

@@ -3,6 +3,12 @@
 - ``router``: decide → publish review items, accepted items, dead letters.
 - ``sampler``: draw the eval sample → publish eval samples.
 - ``drift`` (with a profile): windows per model → ``drift.reports`` and gauges.
+- ``labels``: joins human labels with the router's decisions, keeps the per-model
+  windows, fits and publishes temperatures (:mod:`.label_join`, :mod:`.label_windows`).
+
+The router and the sampler also record each review and eval item's decision for the
+join (``topics.decisions``); every worker running the router follows the calibration
+topic and applies the newest temperatures (:mod:`.calibration_feed`).
 
 All share one parse of each batch (:mod:`hitl_router.router.decision`); the draw is a
 function of ``(salt, id)`` only, so the router excludes exactly what the sampler
@@ -26,14 +32,19 @@ import faust
 import orjson
 from prometheus_client import CollectorRegistry
 
-from hitl_router.agents import health
+from hitl_router.agents import calibration_feed, health
 from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
 from hitl_router.agents.connection import faust_kwargs
 from hitl_router.agents.handling import batch_agent
+from hitl_router.agents.label_join import LabelJoiner
+from hitl_router.agents.label_windows import WindowKeeper
 from hitl_router.agents.publishing import BatchPublisher
+from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import OUTPUT_FRAMING_BYTES, Config, WorkerConfig
 from hitl_router.router.decision import (
+    EVAL,
+    REVIEW,
     BatchDecisions,
     Policy,
     decide_batch,
@@ -41,6 +52,7 @@ from hitl_router.router.decision import (
     merge_batches,
     poisoned,
 )
+from hitl_router.router.join import decision_outputs
 from hitl_router.router.outputs import (
     Output,
     Source,
@@ -52,12 +64,17 @@ from hitl_router.router.validation import ErrorInfo, parse_batch
 
 log = logging.getLogger(__name__)
 
-AGENTS = ("router", "sampler", "drift")
+AGENTS = ("router", "sampler", "drift", "labels")
+#: the agents fed by the predictions topic, a batch at a time
+BATCH_AGENTS = ("router", "sampler", "drift")
 
 
 def default_agents(config: Config) -> tuple[str, ...]:
-    """What ``--agents all`` runs: router and sampler, and drift when a profile is set."""
-    return ("router", "sampler", "drift") if config.drift.profile else ("router", "sampler")
+    """What ``--agents all`` runs: router, sampler and labels, and drift when a profile is
+    set."""
+    if config.drift.profile:
+        return ("router", "sampler", "drift", "labels")
+    return ("router", "sampler", "labels")
 
 
 def producer_timeout_s(worker: WorkerConfig) -> float:
@@ -160,6 +177,10 @@ def build_app(
         # they are longer: a worker frozen for a minute (SIGSTOP, a paused VM) goes on
         producer_request_timeout=producer_timeout_s(config.worker),
         broker_commit_interval=1.0,
+        # the label tables live in memory: a standby copy does not shorten a failover (a
+        # newly assigned partition is re-read from its start either way), it only doubles
+        # the memory and the changelog reads
+        table_standby_replicas=0,
         broker_session_timeout=config.worker.session_timeout_ms / 1000,
         broker_heartbeat_interval=config.worker.heartbeat_interval_ms / 1000,
         consumer_group_instance_id=static,
@@ -170,14 +191,22 @@ def build_app(
     setup_prometheus_sensors(app, registry=registry, name_prefix="faust")
     app.hitl_health = health.install(app)  # type: ignore[attr-defined]
     metrics = RouterMetrics(registry, config.metrics.max_models, config.metrics.models)
+    feedback = FeedbackMetrics(registry, metrics.model_label)
     policy = Policy(config)
     app.hitl_metrics = metrics  # type: ignore[attr-defined]
+    app.hitl_feedback = feedback  # type: ignore[attr-defined]
+    app.hitl_policy = policy  # type: ignore[attr-defined]
     app.hitl_registry = registry  # type: ignore[attr-defined]
-    # the predictions topic is registered so Faust subscribes to it and tracks its acks;
-    # its messages reach the agents through the batching consumer, not a Stream
-    app.topics.add(
-        app.topic(config.topics.predictions, value_serializer="raw", key_serializer="raw")
-    )
+    if any(a in BATCH_AGENTS for a in agents):
+        # the predictions topic is registered so Faust subscribes to it and tracks its
+        # acks; its messages reach the agents through the batching consumer, not a Stream
+        app.topics.add(
+            app.topic(config.topics.predictions, value_serializer="raw", key_serializer="raw")
+        )
+    if "router" in agents:
+        calibration_feed.install(app, config, policy.temperatures, feedback)
+    if "labels" in agents:
+        _install_labels(app, config, policy, feedback)
     publisher: list[BatchPublisher] = []
 
     def publish(outputs: list[Output]) -> list[Awaitable[Any]]:
@@ -192,12 +221,14 @@ def build_app(
         task.add_done_callback(_retrieved)  # its failure is reported by the batch's wait
         return [task]
 
-    deadletter = config.topics.deadletter
+    deadletter, decisions = config.topics.deadletter, config.topics.decisions
+    record_bytes = config.limits.max_output_bytes
 
     def route(batch: Batch) -> list[Awaitable[Any]]:
         decided = _decide(batch, policy, metrics, "router", rules=True)
         now = time.time()
         outputs = router_outputs(decided, batch.raws, _Sources(batch.messages), now)
+        outputs += decision_outputs(decided, REVIEW, decisions, now, record_bytes)
         metrics.observe_router(decided, _prediction_times(decided, batch.messages), now)
         letters = sum(1 for o in outputs if o.topic == deadletter)
         metrics.observe_too_large(letters - len(decided.errors))
@@ -205,7 +236,9 @@ def build_app(
 
     def sample(batch: Batch) -> list[Awaitable[Any]]:
         decided = _decide(batch, policy, metrics, "sampler", rules=False)
-        outputs = eval_outputs(decided, time.time(), _Sources(batch.messages))
+        now = time.time()
+        outputs = eval_outputs(decided, now, _Sources(batch.messages))
+        outputs += decision_outputs(decided, EVAL, decisions, now, record_bytes)
         metrics.observe_sampler(decided)
         metrics.observe_too_large(sum(1 for o in outputs if o.topic == deadletter))
         return publish(outputs)
@@ -239,7 +272,7 @@ def build_app(
 
         handlers["drift"] = judge
     channels = []
-    for name in AGENTS:
+    for name in BATCH_AGENTS:
         if name in agents:
             channel = app.channel()
             channels.append(channel)
@@ -250,9 +283,40 @@ def build_app(
         for channel in channels:
             await channel.send(value=batch)
 
-    app.batch_topics = {config.topics.predictions: (len(channels), fan_out)}
+    app.batch_topics = {config.topics.predictions: (len(channels), fan_out)} if channels else {}
     app.worker_settings = config.worker
     return app
+
+
+def _install_labels(
+    app: faust.App, config: Config, policy: Policy, feedback: FeedbackMetrics
+) -> None:
+    """The labels agent (join) and the calibration agent (windows, fits): Faust stream
+    agents with tables. A message that makes them raise is logged and counted, never
+    fatal (a label is dead-lettered as ``internal_error``)."""
+    joiner = LabelJoiner(app, config, feedback)
+    keeper = WindowKeeper(app, config, policy.temperatures, feedback)
+    metrics: RouterMetrics = app.hitl_metrics  # type: ignore[attr-defined]
+
+    async def join(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                await joiner.on_event(event)
+            except Exception as exc:
+                log.exception("labels: a message could not be joined")
+                metrics.agent_errors.labels("labels").inc()
+                await joiner.internal_error(event, exc)
+
+    async def calibrate(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                await keeper.on_event(event)
+            except Exception:
+                log.exception("calibration: a joined label could not be counted")
+                metrics.agent_errors.labels("calibration").inc()
+
+    app.agent(joiner.inputs, name="labels")(join)
+    app.agent(keeper.inputs, name="calibration")(calibrate)
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

@@ -75,6 +75,30 @@ def partition_warning(config: Config, facts: Mapping[str, TopicFacts]) -> str | 
     )
 
 
+def copartition_problem(config: Config, facts: Mapping[str, TopicFacts]) -> ConfigError | None:
+    """The label join needs ``labels``, ``decisions`` and ``joined`` to have exactly
+    ``kafka.partitions`` partitions: an id's decision and its labels must share a
+    partition number (and the tables are made with that many).
+
+    >>> from hitl_router.router.config import parse_config
+    >>> cfg = parse_config({"kafka": {"partitions": 6}})
+    >>> copartition_problem(cfg, {"review.labels": TopicFacts(3, 2**20)}).key
+    'kafka.partitions'
+    """
+    t = config.topics
+    for topic in (t.labels, t.decisions, t.joined):
+        fact = facts.get(topic)
+        if fact is not None and fact.partitions != config.kafka.partitions:
+            return ConfigError(
+                "kafka.partitions",
+                f"topic '{topic}' has {fact.partitions} partitions, not {config.kafka.partitions}: "
+                f"the label join needs '{t.labels}', '{t.decisions}' and '{t.joined}' to have "
+                "kafka.partitions each (labels and decisions keyed by id must share a "
+                "partition number); set kafka.partitions to match, or recreate the topics",
+            )
+    return None
+
+
 def topic_facts(admin: Any, topics: Iterable[str]) -> dict[str, TopicFacts]:
     """Partition count and effective ``max.message.bytes`` of each existing topic, read
     with a kafka-python ``KafkaAdminClient``."""
@@ -101,7 +125,7 @@ def check(config: Config, admin: Any) -> None:
     """Refuse to start on sizes that cannot agree; warn on a partition mismatch."""
     from kafka.errors import KafkaError
 
-    topics = [config.topics.predictions, *config.output_topics()]
+    topics = [config.topics.predictions, config.topics.labels, *config.output_topics()]
     try:
         facts = topic_facts(admin, topics)
     except KafkaError as exc:
@@ -111,6 +135,9 @@ def check(config: Config, admin: Any) -> None:
     problems = size_problems(config, facts)
     if problems:
         raise problems[0]
+    problem = copartition_problem(config, facts)
+    if problem is not None:
+        raise problem
     warning = partition_warning(config, facts)
     if warning:
         log.warning(warning)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from hitl_router.agents.connection import kafka_python_kwargs
@@ -21,8 +21,10 @@ def ensure_topics(
     replication_factor: int = 1,
     timeout_s: float = 30.0,
     security: SecurityConfig | None = None,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Create whichever of ``topics`` do not exist; return the ones created.
+    """Create whichever of ``topics`` do not exist; return the ones created. ``configs``:
+    topic configs of some of them (e.g. ``cleanup.policy: compact``).
 
     Existing topics are left as they are (their partition count included).
     """
@@ -35,7 +37,11 @@ def ensure_topics(
             missing = [t for t in wanted if t not in existing]
             if missing:
                 spec = {
-                    t: {"num_partitions": partitions, "replication_factor": replication_factor}
+                    t: {
+                        "num_partitions": partitions,
+                        "replication_factor": replication_factor,
+                        "configs": dict((configs or {}).get(t, {})),
+                    }
                     for t in missing
                 }
                 try:

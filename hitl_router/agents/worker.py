@@ -117,6 +117,7 @@ def run_worker(
             config.kafka.partitions,
             config.kafka.replication_factor,
             security=config.kafka.security,
+            configs=config.topic_configs(),
         )
     with admin_client(config.kafka.bootstrap_servers, config.kafka.security) as admin:
         preflight.check(config, admin)

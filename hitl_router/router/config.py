@@ -129,9 +129,11 @@ class LabelsConfig:
     #: share of review labels re-queued to ``topics.qa`` for a second look
     qa_rate: float = 0.05
     #: a decision waits this long for its label; a later label is ``unknown_id``
-    retention_hours: float = 336.0
-    #: and at most this many decisions wait (the oldest go first)
-    max_decisions: int = 1_000_000
+    retention_hours: float = 72.0
+    #: and at most this many decisions wait (the oldest go first). They are held in memory
+    #: and re-read from the changelog after a rebalance, at ~4.5k records/s, while the
+    #: worker's partitions are paused (README: "The label loop")
+    max_decisions: int = 100_000
     #: ECE (after temperature) above this, with ``min_labels``, raises ``hitl_ece_warning``
     ece_warning: float = 0.10
     #: the correction taxonomy: the reasons a label's ``correction.reason`` may take
@@ -228,10 +230,17 @@ class Config:
         return [q.topic for q in self.queues]
 
     def output_topics(self) -> list[str]:
-        extra = [self.topics.accepted] if self.topics.accepted else []
+        t = self.topics
+        extra = [t.accepted] if t.accepted else []
         if self.drift.profile:
-            extra.append(self.topics.drift_reports)
-        return [self.topics.eval, self.topics.deadletter, *self.review_topics(), *extra]
+            extra.append(t.drift_reports)
+        loop = [t.decisions, t.joined, t.calibration, t.qa, t.labels_deadletter]
+        return [t.eval, t.deadletter, *self.review_topics(), *extra, *loop]
+
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Configs of the topics the worker creates that need one: the calibration topic
+        is compacted (the latest temperature per model is what a worker reads)."""
+        return {self.topics.calibration: {"cleanup.policy": "compact"}}
 
     def describe(self) -> dict[str, Any]:
         """The resolved configuration as plain data (what ``check-config`` prints)."""

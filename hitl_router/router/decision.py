@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from hitl_router.router.config import CalibrationConfig, Config, QueueConfig
+from hitl_router.router.config import Config, QueueConfig
 from hitl_router.router.eval_sampler import EvalSampler
 from hitl_router.router.rules import BatchContext, Leaf, evaluate, fired_leaves
+from hitl_router.router.temperatures import TemperatureBook
 from hitl_router.router.uncertainty import (
     SCORE_NAMES,
     apply_temperature,
@@ -38,12 +39,14 @@ FATES = ("deadletter", "eval", "review", "pass")
 
 
 class Policy:
-    """A config made ready to decide: the sampler and the compiled rules."""
+    """A config made ready to decide: the sampler, the compiled rules and the temperatures
+    in use (the config's, updated live by accepted fits)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, temperatures: TemperatureBook | None = None) -> None:
         self.config = config
         self.sampler = EvalSampler(config.eval_sample.rate, config.eval_sample.salt)
         self.queues: tuple[QueueConfig, ...] = config.queues
+        self.temperatures = temperatures or TemperatureBook(config.calibration)
 
 
 @dataclass
@@ -157,7 +160,6 @@ def decide_batch(raws: Sequence[bytes], policy: Policy, *, rules: bool = True) -
 def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) -> BatchDecisions:
     """:func:`decide_batch` for a batch already validated by ``parse_batch`` (so agents
     sharing a batch parse it once)."""
-    config = policy.config
     n = parsed.n
     fate = np.full(n, DEADLETTER, dtype=np.int8)
     queue = np.full(n, -1, dtype=np.int16)
@@ -175,7 +177,7 @@ def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) ->
     memo: dict[int, np.ndarray] = {}
     if rules:
         models = [d["model"] if d is not None else "" for d in parsed.docs]
-        temperature_of = _TemperatureLookup(config.calibration)
+        temperature_of = _TemperatureLookup(policy.temperatures)
         for group in parsed.groups:
             t = temperature_of(models, group.rows)
             temperature[group.rows] = t
@@ -215,14 +217,14 @@ def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) ->
 class _TemperatureLookup:
     """Each row's temperature, looked up once per model name in a batch."""
 
-    def __init__(self, calibration: CalibrationConfig) -> None:
-        self.calibration = calibration
+    def __init__(self, book: TemperatureBook) -> None:
+        self.book = book
         self.known: dict[str, float] = {}
 
     def __call__(self, models: list[str], rows: np.ndarray) -> np.ndarray:
-        if not self.calibration.temperatures:
+        if self.book.empty:
             return np.ones(len(rows))
-        known, lookup = self.known, self.calibration.temperature
+        known, lookup = self.known, self.book.temperature
         names = [models[i] for i in rows.tolist()]
         for name in set(names).difference(known):
             known[name] = lookup(name)

@@ -29,8 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from hitl_router.router.decision import EVAL, BatchDecisions
 from hitl_router.router.labels import Label, LabelError, class_index
+from hitl_router.router.outputs import Output
 
 #: The key of agreement pairs on the joined topic: every pair goes to one owner, which
 #: computes agreement and kappa per queue, per annotator and per source.
@@ -55,6 +58,20 @@ def decision_record(batch: BatchDecisions, i: int, now: float) -> dict[str, Any]
         "ts": doc.get("ts"),
         "recorded_at": now,
     }
+
+
+def decision_outputs(
+    batch: BatchDecisions, fate: int, topic: str, now: float, max_bytes: int
+) -> list[Output]:
+    """A decision record, keyed by id, for every row with ``fate`` (EVAL or REVIEW). A
+    record over ``max_bytes`` (a prediction of many thousand classes) is not sent: its
+    labels will be dead-lettered as ``unknown_id``."""
+    out = []
+    for i in batch.rows(fate):
+        value = orjson.dumps(decision_record(batch, i, now))
+        if len(value) <= max_bytes:
+            out.append(Output(topic, batch.docs[i]["id"].encode(), value))  # type: ignore[index]
+    return out
 
 
 @dataclass(frozen=True)

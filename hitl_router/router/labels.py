@@ -9,7 +9,8 @@ dead-letter topic carries it); nothing raises. Codes:
 - ``unknown_reason``: ``correction.reason`` is not in the configured taxonomy;
 - at the join: ``unknown_id`` (no decision recorded for the id, or it expired),
   ``unknown_class`` (not among the prediction's classes), ``source_mismatch`` (an
-  ``eval`` label for an item the router sent to review, or the reverse).
+  ``eval`` label for an item the router sent to review, or the reverse);
+- ``internal_error``: the join raised on it (a bug; the worker goes on).
 
 >>> parse_label(b'{"id":"a","label":"cat","annotator":"ann","source":"eval"}', ("x",)).label
 'cat'
@@ -36,6 +37,7 @@ LABEL_ERROR_CODES = (
     "unknown_id",
     "unknown_class",
     "source_mismatch",
+    "internal_error",
 )
 #: A label is small; a larger message is refused before it is parsed.
 MAX_LABEL_BYTES = 65_536

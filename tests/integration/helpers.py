@@ -78,6 +78,11 @@ def write_config(path: Path, bootstrap: str, **overrides: Any) -> dict[str, Any]
             "eval": f"eval-{tag}",
             "deadletter": f"dlq-{tag}",
             "labels": f"labels-{tag}",
+            "calibration": f"calibration-{tag}",
+            "qa": f"qa-{tag}",
+            "labels_deadletter": f"labels-dlq-{tag}",
+            "decisions": f"decisions-{tag}",
+            "joined": f"joined-{tag}",
         },
         "eval_sample": {"rate": 0.05, "salt": "integration"},
         "queues": [

@@ -55,14 +55,24 @@ def secure_config(path: Path, broker: SecureBroker, deny_write: str | None = Non
     topics = cfg["topics"]
     group = cfg["kafka"]["group_id"]
     outputs = {topics["eval"], topics["deadletter"], *[q["topic"] for q in cfg["queues"]]}
+    loop = {topics[t] for t in ("decisions", "joined", "calibration", "qa", "labels_deadletter")}
     create_topics(broker.admin_bootstrap, [topics["predictions"], *outputs], 3)
+    create_topics(broker.admin_bootstrap, [topics["labels"], *loop], 3)
     denied = {q["topic"] for q in cfg["queues"] if q["name"] == deny_write}
     grants = [("TOPIC", topics["predictions"], "LITERAL", "READ")]
     grants += [("TOPIC", t, "LITERAL", "WRITE") for t in sorted(outputs - denied)]
+    # the label loop reads and writes its topics (labels: re-keyed labels are re-sent)
+    grants += [
+        ("TOPIC", t, "LITERAL", op)
+        for t in sorted(loop | {topics["labels"]})
+        for op in ("READ", "WRITE")
+    ]
     grants += [
         ("GROUP", group, "PREFIXED", "READ"),  # its group, and <group>-<agent> run apart
-        ("TOPIC", f"{group}-", "PREFIXED", "CREATE"),  # Faust's <group>-__assignor-__leader
+        # Faust's <group>-__assignor-__leader and the tables' <group>-…-changelog
+        ("TOPIC", f"{group}-", "PREFIXED", "CREATE"),
         ("TOPIC", f"{group}-", "PREFIXED", "READ"),
+        ("TOPIC", f"{group}-", "PREFIXED", "WRITE"),
     ]
     allow(broker.admin_bootstrap, f"User:{USER}", grants)
     return cfg

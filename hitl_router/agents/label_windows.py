@@ -1,0 +1,179 @@
+"""The calibration agent: owns each model's window of eval labels, exports what they
+say, fits the temperature and publishes accepted ones.
+
+Joined eval labels arrive on ``topics.joined`` keyed by the model's bare name, and
+agreement pairs under one key, so each window has one owner (one partition, one
+worker). The windows are kept in the Faust table ``hitl-label-windows`` (one entry per
+labelled id, deleted when it leaves the window), so a new owner rebuilds them after a
+rebalance or restart. Every ``labels.refit_every`` new labels of a model, the owner
+assesses each window of it (the bare name and each ``name@version``) and, when the
+temperature is accepted (enough labels, lower held-out NLL), publishes it to the
+compacted ``topics.calibration`` keyed by the window's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+import orjson
+
+from hitl_router import __version__
+from hitl_router.agents.label_join import active_partitions
+from hitl_router.feedback_metrics import FeedbackMetrics
+from hitl_router.router.config import Config
+from hitl_router.router.join import AGREEMENT_KEY
+from hitl_router.router.label_metrics import assess
+from hitl_router.router.label_window import AgreementWindow, EvalWindows, bare
+from hitl_router.router.partitioning import partitions_of
+from hitl_router.router.temperatures import TemperatureBook
+
+log = logging.getLogger(__name__)
+
+WINDOW_TABLE = "hitl-label-windows"
+_SEP = "\x1f"
+#: seconds between refreshes of gauges whose window changed (fits have their own pace)
+REFRESH_S = 2.0
+
+
+class WindowKeeper:
+    def __init__(
+        self, app: faust.App, config: Config, book: TemperatureBook, feedback: FeedbackMetrics
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.book = book
+        self.feedback = feedback
+        self.partitions = config.kafka.partitions
+        labels = config.labels
+        self.table = app.Table(
+            WINDOW_TABLE,
+            default=None,
+            partitions=self.partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+        raw = {"value_serializer": "raw", "key_serializer": "raw"}
+        self.inputs = app.topic(config.topics.joined, **raw)
+        self.calibration = app.topic(config.topics.calibration, **raw)
+        self.evals = EvalWindows(labels.window)
+        self.pairs = AgreementWindow(labels.window)
+        self.since_fit: dict[str, int] = {}
+        self.dirty: set[str] = set()
+        self.shown: set[str] = set()
+        self.table.on_recover(self._rebuild)
+        app.timer(REFRESH_S)(self._refresh_dirty)
+
+    async def on_event(self, event: Any) -> None:
+        ev = orjson.loads(event.value)
+        if ev.get("kind") == "pair":
+            key = _SEP.join((AGREEMENT_KEY, ev["id"], ev["annotator"]))
+            self.table[key.encode()] = event.value
+            for gone in self.pairs.add(ev):
+                self._delete(_SEP.join((AGREEMENT_KEY, *gone)))
+            self.dirty.add(AGREEMENT_KEY)
+            return
+        name = bare(ev["model"])
+        row = {
+            "m": ev["model"],
+            "id": ev["id"],
+            "p": ev["probs"],
+            "y": ev["y"],
+            "at": ev["labelled_at"],
+        }
+        self.table[_SEP.join((name, ev["id"])).encode()] = orjson.dumps(row)
+        for gone in self.evals.add(ev["model"], ev["id"], ev["probs"], ev["y"]):
+            self._delete(_SEP.join((name, gone)))
+        self.since_fit[name] = self.since_fit.get(name, 0) + 1
+        self.dirty.add(name)
+        if self.since_fit[name] >= self.config.labels.refit_every:
+            self.since_fit[name] = 0
+            await self.refresh(name, fit=True)
+
+    def _delete(self, key: str) -> None:
+        k = key.encode()
+        if k in self.table:
+            del self.table[k]
+
+    async def _refresh_dirty(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for name in dirty:
+            await self.refresh(name, fit=False)
+
+    async def refresh(self, name: str, fit: bool) -> None:
+        """Export the windows of a model (or the agreement window); with ``fit``, publish
+        each window's temperature that is accepted."""
+        if name == AGREEMENT_KEY:
+            self.feedback.observe_agreement(self.pairs.report())
+            return
+        labels = self.config.labels
+        for key in self.evals.keys(name):
+            probs, y, ids = self.evals.arrays(key)
+            current = self.book.temperature(key)
+            report = assess(
+                probs,
+                y,
+                ids,
+                current_temperature=current,
+                min_labels=labels.min_labels,
+                ece_warning=labels.ece_warning,
+            )
+            self.feedback.observe_window(key, report)
+            self.shown.add(key)
+            if not fit:
+                continue
+            model = self.feedback.model_label(key)
+            if report["n"] < labels.min_labels:
+                self.feedback.fits.labels(model, "too_few").inc()
+            elif not report["accepted"]:
+                self.feedback.fits.labels(model, "rejected").inc()
+            else:
+                self.feedback.fits.labels(model, "accepted").inc()
+                await self._publish(key, current, report)
+
+    async def _publish(self, key: str, previous: float, r: dict[str, Any]) -> None:
+        t = float(r["temperature"])
+        doc = {
+            "model": key,
+            "temperature": t,
+            "previous": previous,
+            "n": r["n"],
+            "nll_before": r["current"]["nll"],
+            "nll_after": r["nll_after"],
+            "ece_before": r["current"]["ece"],
+            "ece_after": r["ece_after"],
+            "temperatures_halves": r["temperatures_halves"],
+            "fitted_at": time.time(),
+            "router": {"version": __version__, "config_hash": self.config.config_hash},
+        }
+        await self.calibration.send(key=key.encode(), value=orjson.dumps(doc))
+        self.book.update(key, t)  # here at once; every worker applies it from the topic
+        log.info("calibration: %s T %.4g → %.4g on %d eval labels", key, previous, t, r["n"])
+
+    async def _rebuild(self) -> None:
+        """After a recovery: the windows of the partitions this worker now owns."""
+        active = active_partitions(self.app, self.config.topics.joined)
+        evals, pairs = [], []
+        data = self.table.data
+        for k in list(data.keys()):
+            name, _, _ = k.decode().partition(_SEP)
+            if int(partitions_of([name.encode()], self.partitions)[0]) not in active:
+                data.pop(k, None)  # another worker's now: no stale copy kept here
+                continue
+            (pairs if name == AGREEMENT_KEY else evals).append(orjson.loads(data[k]))
+        self.evals = EvalWindows(self.config.labels.window)
+        self.pairs = AgreementWindow(self.config.labels.window)
+        for row in sorted(evals, key=lambda r: r.get("at", 0.0)):
+            self.evals.add(row["m"], row["id"], row["p"], row["y"])
+        for pair in sorted(pairs, key=lambda r: r.get("labelled_at", 0.0)):
+            self.pairs.add(pair)
+        owned = {key for name in self.evals.models() for key in self.evals.keys(name)}
+        for key in self.shown - owned:
+            self.feedback.forget_window(key)
+        self.shown &= owned
+        if not pairs:
+            self.feedback.forget_agreement()
+        self.dirty = set(self.evals.models()) | ({AGREEMENT_KEY} if pairs else set())
+        log.info("labels: windows of %s recovered", sorted(self.dirty))
