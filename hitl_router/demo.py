@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -93,7 +94,7 @@ def run_demo(args: argparse.Namespace) -> int:
         broker.start()
     cfg_file = Path(tempfile.mkstemp(prefix="hitl-demo-", suffix=".yaml")[1])
     cfg_file.write_text(config_text, encoding="utf-8")
-    worker = None
+    worker = labeller = None
     tally: _Tally | None = None
     team: ReviewTeamThread | None = None
     stop = threading.Event()
@@ -115,26 +116,19 @@ def run_demo(args: argparse.Namespace) -> int:
             config, ReviewTeam(seed=int(time.time())), id_prefix=f"demo-{run_id}-"
         )
         team.start()
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hitl_router.cli",
-                "worker",
-                "-c",
-                str(cfg_file),
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(cfg_file.with_suffix(".log"), "wb"),
-        )
+        worker = _start_worker(cfg_file, "router,sampler", args.metrics_port, "")
+        # the label loop runs in a worker (and consumer group) of its own
+        labels_port = _free_port()
+        labeller = _start_worker(cfg_file, "labels", labels_port, "-labels")
         print(
             f"Worker pid {worker.pid} (log {cfg_file.with_suffix('.log')}); "
-            f"metrics on http://127.0.0.1:{args.metrics_port}/metrics",
+            f"metrics on http://127.0.0.1:{args.metrics_port}/metrics\n"
+            f"Label-loop worker pid {labeller.pid} (log {cfg_file.with_suffix('.labels.log')}); "
+            f"metrics on http://127.0.0.1:{labels_port}/metrics",
             flush=True,
         )
         _wait_metrics(args.metrics_port, worker, timeout=60)
+        _wait_metrics(labels_port, labeller, timeout=60)
         count = int(args.rate * args.duration)
         sim = Simulator(
             seed=int(time.time()),
@@ -167,19 +161,20 @@ def run_demo(args: argparse.Namespace) -> int:
         while producer_thread.is_alive():
             producer_thread.join(timeout=2.0)
             print(tally.line(time.time() - started), flush=True)
-            if worker.poll() is not None:
-                raise KafkaSetupError(
-                    f"the worker exited with {worker.returncode}; see "
-                    f"{cfg_file.with_suffix('.log')}"
-                )
+            for proc, suffix in ((worker, ".log"), (labeller, ".labels.log")):
+                if proc.poll() is not None:
+                    raise KafkaSetupError(
+                        f"a worker exited with {proc.returncode}; see "
+                        f"{cfg_file.with_suffix(suffix)}"
+                    )
         total = sent[0] if sent else 0
         deadline = time.time() + 30
         while tally.decided() < total and time.time() < deadline:
             time.sleep(0.5)
         print(tally.line(time.time() - started), flush=True)
-        labelled = _wait_labels(args.metrics_port, team, timeout=15)
+        labelled = _wait_labels(labels_port, team, timeout=20)
         print(tally.summary(total, _scrape(args.metrics_port)))
-        print(_loop_summary(team, labelled, args.metrics_port))
+        print(_loop_summary(team, labelled, labels_port))
         return 0 if tally.decided() >= total else 1
     finally:
         stop.set()
@@ -187,12 +182,13 @@ def run_demo(args: argparse.Namespace) -> int:
             tally.close()
         if team is not None:
             team.close()
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        for proc in (worker, labeller):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         if broker is not None and not args.keep_kafka:
             broker.stop()
             print("Stopped the local Kafka the demo started (--keep-kafka keeps it).")
@@ -288,6 +284,21 @@ class _Tally(threading.Thread):
         if scraped:
             lines.append("metrics: " + ", ".join(f"{k}={v:g}" for k, v in scraped.items()))
         return "\n".join(lines)
+
+
+def _start_worker(
+    cfg_file: Path, agents: str, port: int, log_suffix: str
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "hitl_router.cli", "worker", "-c", str(cfg_file)]
+    argv += ["--agents", agents, "--metrics-port", str(port), "--loglevel", "warning"]
+    log = cfg_file.with_suffix(f"{log_suffix}.log")
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _wait_metrics(port: int, worker: subprocess.Popen[bytes], timeout: float) -> None:

@@ -128,8 +128,8 @@ def read_topics(config: Config, agents: Iterable[str]) -> list[str]:
     """The topics ``agents`` read."""
     t = config.topics
     out = [t.predictions] if any(a in BATCH_AGENTS for a in agents) else []
-    if "router" in agents:
-        out.append(t.calibration)  # every router follows the temperatures
+    if "router" in agents or "labels" in agents:
+        out.append(t.calibration)  # both follow the temperatures
     if "labels" in agents:
         out += [t.decisions, t.labels, t.joined]
     return list(dict.fromkeys(out))

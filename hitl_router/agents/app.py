@@ -70,11 +70,13 @@ BATCH_AGENTS = ("router", "sampler", "drift")
 
 
 def default_agents(config: Config) -> tuple[str, ...]:
-    """What ``--agents all`` runs: router, sampler and labels, and drift when a profile is
-    set."""
-    if config.drift.profile:
-        return ("router", "sampler", "drift", "labels")
-    return ("router", "sampler", "labels")
+    """What ``--agents all`` runs: router and sampler, and drift when a profile is set.
+
+    The label loop (``--agents labels``) runs in workers of its own, in a consumer group
+    of its own: its tables' recovery pauses every partition of its group (~20 s per
+    100,000 records) and its per-message path is far slower than the batched routing;
+    apart, routing never waits for either (README: "The label loop")."""
+    return ("router", "sampler", "drift") if config.drift.profile else ("router", "sampler")
 
 
 def producer_timeout_s(worker: WorkerConfig) -> float:
@@ -116,7 +118,9 @@ class RouterApp(faust.App):
     batch_topics: dict[str, tuple[int, BatchSink]]
     worker_settings: WorkerConfig = WorkerConfig()
 
-    def _new_consumer(self) -> BatchingConsumer:
+    def _new_consumer(self) -> Any:
+        if not self.batch_topics:  # no predictions here (--agents labels): Faust's own
+            return super()._new_consumer()
         consumer = BatchingConsumer(
             self.transport,
             callback=self.topics.on_message,
@@ -203,7 +207,8 @@ def build_app(
         app.topics.add(
             app.topic(config.topics.predictions, value_serializer="raw", key_serializer="raw")
         )
-    if "router" in agents:
+    if "router" in agents or "labels" in agents:
+        # routers apply the newest temperatures; the label loop judges fits against them
         calibration_feed.install(app, config, policy.temperatures, feedback)
     if "labels" in agents:
         _install_labels(app, config, policy, feedback)

@@ -77,7 +77,12 @@ class LabelJoiner:
         self.qa_sampler = EvalSampler(labels.qa_rate, config.eval_sample.salt + "\x00qa")
         #: per partition: ids in the order recorded, with their record time
         self.order: dict[int, OrderedDict[bytes, float]] = {}
+        #: labels that came before their decision record wait (parked in the table)
+        self.wait_s = labels.decision_wait_s
+        #: per partition: ids with parked labels, and when the first was parked
+        self.parked: dict[int, OrderedDict[bytes, float]] = {}
         self.table.on_recover(self._rebuild_order)
+        app.timer(1.0)(self._give_up_waiting)
 
     async def _rebuild_order(self) -> None:
         """After recovery: the expiry order of every record held, oldest first. Records of
@@ -91,18 +96,20 @@ class LabelJoiner:
             for key, home in zip(keys, homes, strict=True):
                 if home not in active:
                     data.pop(key, None)
-        items = []
+        items, parked = [], []
         for key, value in data.items():
-            try:
-                items.append((key, float(orjson.loads(value)["d"]["recorded_at"])))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-        items.sort(key=lambda kv: kv[1])
-        parts = partitions_of([k for k, _ in items], self.partitions).tolist() if items else []
-        self.order = {}
-        for (key, at), p in zip(items, parts, strict=True):
-            self.order.setdefault(p, OrderedDict())[key] = at
-        log.info("labels: %d decision records recovered", len(items))
+            entry = orjson.loads(value)
+            if "d" in entry:
+                items.append((key, float(entry["d"]["recorded_at"])))
+            elif "pending" in entry:
+                parked.append((key, float(entry["since"])))
+        self.order, self.parked = {}, {}
+        for target, found in ((self.order, items), (self.parked, parked)):
+            found.sort(key=lambda kv: kv[1])
+            homes = partitions_of([k for k, _ in found], self.partitions).tolist() if found else []
+            for (key, at), p in zip(found, homes, strict=True):
+                target.setdefault(p, OrderedDict())[key] = at
+        log.info("labels: %d decision records, %d parked ids recovered", len(items), len(parked))
 
     async def internal_error(self, event: Any, exc: BaseException) -> None:
         """A label the join raised on goes to the labels dead-letter topic."""
@@ -116,24 +123,66 @@ class LabelJoiner:
     async def on_event(self, event: Any) -> None:
         message = event.message
         if message.topic == self.config.topics.decisions:
-            self._record(message.partition, event.key, event.value)
+            await self._record(message.partition, event.key, event.value)
         else:
             await self._label(message, event.key, event.value)
 
-    def _record(self, partition: int, key: bytes | None, value: bytes) -> None:
+    async def _record(self, partition: int, key: bytes | None, value: bytes) -> None:
         if key is None:
             return
         now = time.time()
-        old = self.table.get(key)
-        if old is not None:  # a redelivered record: keep the labels already joined
-            entry = orjson.loads(old)
-            entry["d"] = orjson.loads(value)
-            self.table[key] = orjson.dumps(entry)
+        old = orjson.loads(self.table.get(key) or b"null")
+        if old is not None and "d" in old:  # a redelivered record: keep the labels joined
+            old["d"] = orjson.loads(value)
+            self.table[key] = orjson.dumps(old)
             return
         self.table[key] = b'{"d":' + value + b"}"
         order = self.order.setdefault(partition, OrderedDict())
         order[key] = now
         self._expire(order, now)
+        if old is not None and self.parked.get(partition, {}).pop(key, None) is not None:
+            for item in old["pending"]:  # labels that came first: joined now, in order
+                raw = item["raw"].encode()
+                label = parse_label(raw, self.config.labels.reasons)
+                await self._join(label, raw, Source(*item["src"]))
+
+    def _park(self, partition: int, key: bytes, raw: bytes, source: Source, now: float) -> None:
+        """Keep a label whose decision record has not arrived (the two topics are read
+        side by side, so a fast reviewer's label can overtake it) for ``decision_wait_s``."""
+        stored = self.table.get(key)
+        entry = orjson.loads(stored) if stored is not None else {"pending": [], "since": now}
+        src = [source.topic, source.partition, source.offset]
+        entry["pending"].append({"raw": raw.decode(), "src": src})
+        self.table[key] = orjson.dumps(entry)
+        self.parked.setdefault(partition, OrderedDict()).setdefault(key, entry["since"])
+
+    async def _give_up_waiting(self) -> None:
+        """Dead-letter, as ``unknown_id``, the labels parked longer than the wait."""
+        horizon = time.time() - self.wait_s
+        gave_up = 0
+        for partition, parked in self.parked.items():
+            while parked and next(iter(parked.values())) < horizon:
+                key, _ = parked.popitem(last=False)
+                stored = self.table.get(key)
+                entry = orjson.loads(stored) if stored is not None else {}
+                for item in entry.get("pending", ()):
+                    error = LabelError(
+                        "unknown_id",
+                        f"no decision recorded for {key.decode()!r} "
+                        f"(waited {self.wait_s:g} s for it)",
+                    )
+                    await self._dead_letter(
+                        error, item["raw"].encode(), Source(*item["src"]), time.time()
+                    )
+                # deleted here, outside a stream event: Faust's ``del`` needs one, so the
+                # tombstone goes to the id's own partition explicitly
+                self.table.data.pop(key, None)
+                self.table.send_changelog(partition, key, None)
+                gave_up += 1
+        if gave_up:
+            log.info(
+                "labels: %d ids got no decision record in %g s: unknown_id", gave_up, self.wait_s
+            )
 
     def _expire(self, order: OrderedDict[bytes, float], now: float) -> None:
         """Delete the oldest records over the count bound or past the retention (in the
@@ -157,6 +206,20 @@ class LabelJoiner:
             await self.labels_topic.send(key=id_key, value=raw)
             self.feedback.rekeyed.inc()
             return
+        stored = self.table.get(id_key)
+        if stored is None or b'"pending"' in stored[:12]:
+            assert raw is not None
+            self._park(message.partition, id_key, raw, source, now)
+            return
+        await self._join(label, raw, source)
+
+    async def _join(self, label: Label | LabelError, raw: bytes | None, source: Source) -> None:
+        """Join a parsed label with its id's decision record (which is in the table)."""
+        now = time.time()
+        if isinstance(label, LabelError):  # cannot happen: it parsed when it was parked
+            await self._dead_letter(label, raw, source, now)
+            return
+        id_key = label.id.encode()
         stored = self.table.get(id_key)
         entry = orjson.loads(stored) if stored is not None else None
         outcome = join_label(entry, label, now=now, retention_s=self.retention_s)

@@ -5,7 +5,8 @@ which says how many like it were held back.
 
 A record's kind is its logger, level and message template with every number replaced
 (``Unable connect to node with id 1`` and ``… id 2`` are one kind). Records of the
-worker's own loggers (``hitl_router.*``) always pass: they are few and each one says
+worker's own loggers (``hitl_router.*``) and Faust's table recovery always pass: they are
+few and each says
 something new.
 
 >>> import logging
@@ -40,7 +41,7 @@ class RateLimit(logging.Filter):
         interval: float = 30.0,
         *,
         min_level: int = logging.INFO,
-        exempt: tuple[str, ...] = ("hitl_router",),
+        exempt: tuple[str, ...] = ("hitl_router", "faust.tables.recovery"),
         clock: Callable[[], float] = time.monotonic,
         max_kinds: int = 10_000,
     ) -> None:

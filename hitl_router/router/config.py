@@ -130,7 +130,10 @@ class LabelsConfig:
     qa_rate: float = 0.05
     #: a decision waits this long for its label; a later label is ``unknown_id``
     retention_hours: float = 72.0
-    #: and at most this many decisions wait (the oldest go first). They are held in memory
+    #: a label read before its decision record (the two topics are read side by side)
+    #: waits this long for it; then it is ``unknown_id``
+    decision_wait_s: float = 60.0
+    #: at most this many decisions wait for labels (the oldest go first). They are held in memory
     #: and re-read from the changelog after a rebalance, at ~4.5k records/s, while the
     #: worker's partitions are paused (README: "The label loop")
     max_decisions: int = 100_000
@@ -381,6 +384,8 @@ def _labels(root: Mapping[str, Any]) -> LabelsConfig:
         raise ConfigError("labels.qa_rate", f"must be between 0 and 1, got {labels.qa_rate:g}")
     if not labels.retention_hours > 0:
         raise ConfigError("labels.retention_hours", "must be > 0")
+    if not 0 < labels.decision_wait_s <= 86_400:
+        raise ConfigError("labels.decision_wait_s", "must be between 0 and 86400 seconds")
     if not 0.0 < labels.ece_warning < 1.0:
         raise ConfigError("labels.ece_warning", "must be between 0 and 1 (exclusive)")
     return replace(labels, reasons=tuple(dict.fromkeys(reasons)))
