@@ -60,10 +60,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--sharpen",
         type=float,
-        default=1.0,
-        help="publish softmax(log p / T): below 1 the model is over-confident (1: as trained, "
-        "which is under-confident)",
+        default=0.3,
+        help="publish softmax(log p / T) of the committee: below 1 over-confident, which the "
+        "label loop's temperature fit undoes (default: %(default)s; 1 = as trained)",
     )
+    p.add_argument("--seed", type=int, help="seed of the predictions and the review team")
     p.add_argument(
         "--keep-kafka",
         action="store_true",
@@ -81,6 +82,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.duration <= 0 or args.rate <= 0:
         raise InputError("--duration and --rate must be > 0")
     config, config_text = demo_config(args.bootstrap, args.metrics_port, args.config)
+    seed = args.seed if args.seed is not None else int(time.time())
     broker = None
     if not is_reachable(args.bootstrap):
         host, _, port = args.bootstrap.rpartition(":")
@@ -112,14 +114,12 @@ def run_demo(args: argparse.Namespace) -> int:
         tally = _Tally(config, prefix=f"demo-{run_id}-")
         tally.start()
         # the review team answers eval and review items of this run as they arrive
-        team = ReviewTeamThread(
-            config, ReviewTeam(seed=int(time.time())), id_prefix=f"demo-{run_id}-"
-        )
+        team = ReviewTeamThread(config, ReviewTeam(seed=seed), id_prefix=f"demo-{run_id}-")
         team.start()
         worker = _start_worker(cfg_file, "router,sampler", args.metrics_port, "")
         # the label loop runs in a worker (and consumer group) of its own
         labels_port = _free_port()
-        labeller = _start_worker(cfg_file, "labels", labels_port, "-labels")
+        labeller = _start_worker(cfg_file, "labels", labels_port, ".labels")
         print(
             f"Worker pid {worker.pid} (log {cfg_file.with_suffix('.log')}); "
             f"metrics on http://127.0.0.1:{args.metrics_port}/metrics\n"
@@ -131,7 +131,7 @@ def run_demo(args: argparse.Namespace) -> int:
         _wait_metrics(labels_port, labeller, timeout=60)
         count = int(args.rate * args.duration)
         sim = Simulator(
-            seed=int(time.time()),
+            seed=seed,
             malformed_rate=args.malformed_rate,
             drift_at=args.drift_at,
             id_prefix=f"demo-{run_id}",

@@ -39,6 +39,7 @@ from hitl_router.agents.handling import batch_agent
 from hitl_router.agents.label_join import LabelJoiner
 from hitl_router.agents.label_windows import WindowKeeper
 from hitl_router.agents.publishing import BatchPublisher
+from hitl_router.agents.seeking import SeekingConsumer
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import OUTPUT_FRAMING_BYTES, Config, WorkerConfig
@@ -119,8 +120,16 @@ class RouterApp(faust.App):
     worker_settings: WorkerConfig = WorkerConfig()
 
     def _new_consumer(self) -> Any:
-        if not self.batch_topics:  # no predictions here (--agents labels): Faust's own
-            return super()._new_consumer()
+        if not self.batch_topics:  # no predictions here (--agents labels): Faust's own,
+            # seeking partitions never committed to their start (agents/seeking.py)
+            return SeekingConsumer(
+                self.transport,
+                callback=self.topics.on_message,
+                on_partitions_revoked=self._on_partitions_revoked,
+                on_partitions_assigned=self._on_partitions_assigned,
+                beacon=self.beacon,
+                loop=self.transport.loop,
+            )
         consumer = BatchingConsumer(
             self.transport,
             callback=self.topics.on_message,

@@ -33,7 +33,7 @@ from hitl_router import __version__
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.router.config import Config
 from hitl_router.router.eval_sampler import EvalSampler
-from hitl_router.router.join import JoinOutcome, join_label, joined_key
+from hitl_router.router.join import JoinOutcome, join_label, joined_key, qa_item
 from hitl_router.router.labels import Label, LabelError, parse_label
 from hitl_router.router.outputs import Source, letter
 from hitl_router.router.partitioning import partitions_of
@@ -248,29 +248,14 @@ class LabelJoiner:
             if label.reason is not None:
                 self.feedback.corrections.labels(queue, label.reason).inc()
             if self.qa_sampler.draw([label.id])[0]:
-                item = self._qa_item(rec, label, now)
+                router = {"version": __version__, "config_hash": self.config.config_hash}
+                item = qa_item(rec, label, now, router)
                 await self.qa.send(key=label.id.encode(), value=orjson.dumps(item))
                 self.feedback.qa_items.labels(queue).inc()
         event = joined if joined is not None and rec["fate"] == "eval" else outcome.pair
         if event is not None:
             event["labelled_at"] = now
             await self.joined.send(key=joined_key(event).encode(), value=orjson.dumps(event))
-
-    def _qa_item(self, rec: dict[str, Any], label: Label, now: float) -> dict[str, Any]:
-        """A review item drawn for a second, blind look: the prediction as the router saw
-        it and who labelled it first, not their answer."""
-        return {
-            "id": rec["id"],
-            "model": rec["model"],
-            "queue": rec["queue"],
-            "first_annotator": label.annotator,
-            "probs": rec["probs"],
-            "classes": rec.get("classes"),
-            "scores": rec.get("scores"),
-            "temperature": rec["temperature"],
-            "drawn_at": now,
-            "router": {"version": __version__, "config_hash": self.config.config_hash},
-        }
 
     async def _dead_letter(
         self, error: LabelError, raw: bytes | None, source: Source, now: float

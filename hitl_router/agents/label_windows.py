@@ -25,7 +25,7 @@ from hitl_router.agents.label_join import active_partitions
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.router.config import Config
 from hitl_router.router.join import AGREEMENT_KEY
-from hitl_router.router.label_metrics import assess
+from hitl_router.router.label_metrics import assess, temperature_message
 from hitl_router.router.label_window import AgreementWindow, EvalWindows, bare
 from hitl_router.router.partitioning import partitions_of
 from hitl_router.router.temperatures import TemperatureBook
@@ -135,19 +135,8 @@ class WindowKeeper:
 
     async def _publish(self, key: str, previous: float, r: dict[str, Any]) -> None:
         t = float(r["temperature"])
-        doc = {
-            "model": key,
-            "temperature": t,
-            "previous": previous,
-            "n": r["n"],
-            "nll_before": r["current"]["nll"],
-            "nll_after": r["nll_after"],
-            "ece_before": r["current"]["ece"],
-            "ece_after": r["ece_after"],
-            "temperatures_halves": r["temperatures_halves"],
-            "fitted_at": time.time(),
-            "router": {"version": __version__, "config_hash": self.config.config_hash},
-        }
+        router = {"version": __version__, "config_hash": self.config.config_hash}
+        doc = temperature_message(key, previous, r, time.time(), router)
         await self.calibration.send(key=key.encode(), value=orjson.dumps(doc))
         self.book.update(key, t)  # here at once; every worker applies it from the topic
         log.info("calibration: %s T %.4g → %.4g on %d eval labels", key, previous, t, r["n"])

@@ -172,3 +172,22 @@ def joined_key(event: dict[str, Any]) -> str:
     if event["kind"] == "pair":
         return AGREEMENT_KEY
     return str(event["model"]).split("@", 1)[0]
+
+
+def qa_item(
+    rec: dict[str, Any], label: Label, now: float, router: dict[str, str]
+) -> dict[str, Any]:
+    """A review item drawn for a second, blind look (``review.qa``): the prediction as the
+    router saw it and who labelled it first, not their answer."""
+    return {
+        "id": rec["id"],
+        "model": rec["model"],
+        "queue": rec["queue"],
+        "first_annotator": label.annotator,
+        "probs": rec["probs"],
+        "classes": rec.get("classes"),
+        "scores": rec.get("scores") or {},
+        "temperature": rec["temperature"],
+        "drawn_at": now,
+        "router": router,
+    }

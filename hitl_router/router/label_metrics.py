@@ -137,3 +137,23 @@ def _recall(
 
 def _num(v: float) -> float | None:
     return None if math.isnan(v) else round(v, 6)
+
+
+def temperature_message(
+    key: str, previous: float, report: dict[str, Any], now: float, router: dict[str, str]
+) -> dict[str, Any]:
+    """The ``calibration`` topic's message for an accepted fit of window ``key``: the
+    temperature and the evidence for it (held-out NLL and ECE against the T in use)."""
+    return {
+        "model": key,
+        "temperature": float(report["temperature"]),
+        "previous": previous,
+        "n": report["n"],
+        "nll_before": report["current"]["nll"],
+        "nll_after": report["nll_after"],
+        "ece_before": report["current"]["ece"],
+        "ece_after": report["ece_after"],
+        "temperatures_halves": report["temperatures_halves"],
+        "fitted_at": now,
+        "router": router,
+    }

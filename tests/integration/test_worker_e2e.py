@@ -146,9 +146,11 @@ def test_demo_runs_to_its_end_and_closes_the_loop(kafka_bootstrap):
     res = cli(
         "demo",
         "--duration",
-        "6",
+        "8",
         "--rate",
         "400",
+        "--seed",
+        "1",
         "--bootstrap",
         kafka_bootstrap,
         "--metrics-port",
@@ -158,7 +160,7 @@ def test_demo_runs_to_its_end_and_closes_the_loop(kafka_bootstrap):
     out = res.stdout.decode()
     assert res.returncode == 0, out + res.stderr.decode()
     assert "=== hitl-router demo summary ===" in out
-    assert "published 2400, decided 2400 (each exactly one fate)" in out
+    assert "published 3200, decided 3200 (each exactly one fate)" in out
     assert "review/uncertain" in out and " e.g. demo-" in out  # a routed item with its reasons
     assert "Stopped the local Kafka" not in out  # it used the broker that was there
     # the review team answered; the eval labels measured the model and fitted a temperature
@@ -177,7 +179,8 @@ def test_demo_runs_to_its_end_and_closes_the_loop(kafka_bootstrap):
     )
     assert line, out
     acc, lo, hi, n, ece, ece_after, t = (float(x) for x in line.groups())
-    assert lo < acc < hi and n > 0 and ece_after < ece and 0.2 < t < 0.9  # under-confident
+    # the committee published over-confident (--sharpen 0.3): the fit softens it
+    assert lo < acc < hi and n > 0 and ece_after < ece and t > 1.2
 
 
 def test_router_and_sampler_agents_can_run_apart(kafka_bootstrap, tmp_path):

@@ -34,7 +34,15 @@ from hitl_router.router.uncertainty import SCORE_NAMES
 from hitl_router.router.validation import ERROR_CODES, parse_batch
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
-NAMES = ("prediction", "review_item", "eval_sample", "dead_letter", "label")
+NAMES = (
+    "prediction",
+    "review_item",
+    "eval_sample",
+    "dead_letter",
+    "label",
+    "calibration",
+    "qa_item",
+)
 BASE_URI = "https://hitl-router.dev/schemas/"
 SCHEMAS: dict[str, dict[str, Any]] = {
     name: json.loads((SCHEMA_DIR / f"{name}.v1.json").read_text(encoding="utf-8")) for name in NAMES
@@ -690,3 +698,37 @@ def test_good_labels(doc: dict[str, Any]) -> None:
 @pytest.mark.parametrize("doc", BAD_LABELS)
 def test_bad_labels(doc: dict[str, Any]) -> None:
     assert not validator("label").is_valid(doc)
+
+
+@pytest.mark.parametrize("doc", GOOD_LABELS + BAD_LABELS)
+def test_the_label_parser_agrees_with_the_schema(doc: dict[str, Any]) -> None:
+    from hitl_router.router.config import DEFAULT_REASONS
+    from hitl_router.router.labels import Label, parse_label
+
+    parsed = parse_label(orjson.dumps(doc), DEFAULT_REASONS)
+    assert isinstance(parsed, Label) == validator("label").is_valid(doc), parsed
+
+
+def test_label_loop_outputs_validate_against_their_schemas() -> None:
+    from hitl_router.router.join import decision_record, qa_item
+    from hitl_router.router.label_metrics import assess, temperature_message
+    from hitl_router.router.labels import Label
+
+    policy = Policy(
+        parse_config(
+            {"eval_sample": {"rate": 0.0}, "queues": [{"name": "q", "when": {"max_prob_below": 1}}]}
+        )
+    )
+    batch = decide_batch([b'{"id":"a","model":"m","probs":[0.7,0.3],"classes":["x","y"]}'], policy)
+    router = {"version": "0.1.0", "config_hash": "abc"}
+    item = qa_item(decision_record(batch, 0, 1.0), Label("a", "x", "ann", "review"), 2.0, router)
+    assert validator("qa_item").is_valid(item), list(validator("qa_item").iter_errors(item))
+    rng = random.Random(0)
+    probs = [[p, 1 - p] for p in (rng.random() for _ in range(400))]
+    labels = [0 if rng.random() < p[0] ** 3 else 1 for p in probs]
+    import numpy as np
+
+    report = assess(np.array(probs), np.array(labels), [str(i) for i in range(400)], min_labels=50)
+    msg = temperature_message("m@1", 1.0, report, 3.0, router)
+    assert validator("calibration").is_valid(msg), list(validator("calibration").iter_errors(msg))
+    assert not validator("calibration").is_valid({**msg, "temperature": 0})
