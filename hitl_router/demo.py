@@ -66,6 +66,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, help="seed of the predictions and the review team")
     p.add_argument(
+        "--review-error-rate",
+        type=float,
+        default=0.05,
+        help="share of the simulated review team's labels that are wrong (%(default)s)",
+    )
+    p.add_argument(
         "--keep-kafka",
         action="store_true",
         help="leave a broker the demo started running at the end",
@@ -81,6 +87,8 @@ def run_demo(args: argparse.Namespace) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)  # the tally's client is chatty
     if args.duration <= 0 or args.rate <= 0:
         raise InputError("--duration and --rate must be > 0")
+    if not 0.0 <= args.review_error_rate <= 1.0:
+        raise InputError("--review-error-rate must be between 0 and 1")
     config, config_text = demo_config(args.bootstrap, args.metrics_port, args.config)
     seed = args.seed if args.seed is not None else int(time.time())
     broker = None
@@ -110,11 +118,16 @@ def run_demo(args: argparse.Namespace) -> int:
             config.kafka.replication_factor,
             configs=config.topic_configs(),
         )
-        run_id = uuid.uuid4().hex[:8]
+        # with --seed, the same ids (so the same eval sample): a reproducible run
+        run_id = f"s{args.seed:07d}" if args.seed is not None else uuid.uuid4().hex[:8]
         tally = _Tally(config, prefix=f"demo-{run_id}-")
         tally.start()
         # the review team answers eval and review items of this run as they arrive
-        team = ReviewTeamThread(config, ReviewTeam(seed=seed), id_prefix=f"demo-{run_id}-")
+        team = ReviewTeamThread(
+            config,
+            ReviewTeam(error_rate=args.review_error_rate, seed=seed),
+            id_prefix=f"demo-{run_id}-",
+        )
         team.start()
         worker = _start_worker(cfg_file, "router,sampler", args.metrics_port, "")
         # the label loop runs in a worker (and consumer group) of its own
@@ -361,14 +374,22 @@ def _loop_summary(team: ReviewTeamThread, joined: float, port: int) -> str:
         n = get("hitl_eval_labels", model=m)
         acc, lo, hi = (get(f"hitl_eval_accuracy{s}", model=m) for s in ("", "_lower", "_upper"))
         ece, ece_t = get("hitl_ece", model=m), get("hitl_ece_calibrated", model=m)
+        # the T in use: the window's own fit, else its bare name's (a version without a fit
+        # of its own is routed at its model's)
         t = get("hitl_calibration_temperature", model=m)
+        if t is None:
+            t = get("hitl_calibration_temperature", model=m.split("@", 1)[0])
         fits = get("hitl_calibration_fits_total", model=m, outcome="accepted") or 0
         if acc is None or ece is None or ece_t is None:
             continue
         lines.append(
             f"{m}: eval accuracy {acc:.3f} [{lo:.3f}, {hi:.3f}] on n={n:g} eval labels; "
             f"ECE {ece:.3f} before, {ece_t:.3f} after temperature "
-            + (f"T={t:.3f} (fitted, {fits:g} accepted)" if t is not None else "T=1 (no fit yet)")
+            + (
+                f"T={t:.3f} (fitted; {fits:g} accepted here)"
+                if t is not None
+                else "T=1 (no fit yet)"
+            )
         )
 
     def total(name: str, **labels: str) -> float:

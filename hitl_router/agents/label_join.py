@@ -61,12 +61,7 @@ class LabelJoiner:
             partitions=self.partitions,
             key_type=bytes,
             value_type=bytes,
-            extra_topic_configs={
-                "cleanup.policy": "compact,delete",
-                "retention.ms": str(int(self.retention_s * 1000)),
-                # Kafka compacts and expires closed segments only: close one an hour
-                "segment.ms": "3600000",
-            },
+            extra_topic_configs=join_changelog_configs(config),
         )
         raw = {"value_serializer": "raw", "key_serializer": "raw"}
         self.inputs = app.topic(topics.decisions, topics.labels, **raw)
@@ -277,3 +272,26 @@ class LabelJoiner:
 def active_partitions(app: faust.App, topic: str) -> set[int]:
     """The partitions of ``topic`` this worker is active for."""
     return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+
+
+def join_changelog_configs(config: Config) -> dict[str, str]:
+    """Topic configs of the join table's changelog: records expire with the retention."""
+    return {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(int(config.labels.retention_hours * 3_600_000)),
+        # Kafka compacts and expires closed segments only: close one an hour
+        "segment.ms": "3600000",
+    }
+
+
+def changelog_topics(config: Config, group: str) -> dict[str, dict[str, str]]:
+    """The label tables' changelog topics (Faust names them ``<group>-<table>-changelog``)
+    and their configs. The worker creates them before Faust starts: a topic Faust
+    declares while its consumer subscribes can be missing from the consumer's metadata,
+    and every write to its table then fails (``PartitionsMismatch``: 0 partitions)."""
+    from hitl_router.agents.label_windows import WINDOW_TABLE
+
+    return {
+        f"{group}-{JOIN_TABLE}-changelog": join_changelog_configs(config),
+        f"{group}-{WINDOW_TABLE}-changelog": {"cleanup.policy": "compact"},
+    }

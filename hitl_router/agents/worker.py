@@ -21,6 +21,7 @@ import faust
 
 from hitl_router.agents import access, preflight, quiet_logs
 from hitl_router.agents.app import AGENTS, build_app, default_agents, group_id
+from hitl_router.agents.label_join import changelog_topics
 from hitl_router.agents.topics import admin_client, ensure_topics
 from hitl_router.errors import ConfigError
 from hitl_router.router.config import Config
@@ -111,13 +112,16 @@ def run_worker(
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python: admin only, chatty
     access.authenticate(config.kafka)  # with kafka.security: log in once, clear errors
     if config.kafka.create_topics:
+        configs = config.topic_configs()
+        if "labels" in chosen:
+            configs.update(changelog_topics(config, group_id(config, sorted(chosen))))
         ensure_topics(
             config.kafka.bootstrap_servers,
-            [config.topics.predictions, config.topics.labels, *config.output_topics()],
+            [config.topics.predictions, config.topics.labels, *config.output_topics(), *configs],
             config.kafka.partitions,
             config.kafka.replication_factor,
             security=config.kafka.security,
-            configs=config.topic_configs(),
+            configs=configs,
         )
     with admin_client(config.kafka.bootstrap_servers, config.kafka.security) as admin:
         preflight.check(config, admin)

@@ -184,15 +184,20 @@ def fit_temperature(
     return float(math.exp(result.x))
 
 
+#: Folds of the cross-fitted check: each temperature judged is fitted on 4/5 of the labels.
+FOLDS = 5
+
+
 @dataclass(frozen=True)
 class HeldOut:
-    """Cross-fitted evidence for a temperature: each half of the labels is scored with the
-    T fitted on the other half, so no label judges a T it helped fit."""
+    """Cross-fitted evidence for a temperature: each fold of the labels is scored with the
+    T fitted on the other folds, so no label judges a T it helped fit."""
 
     temperature: float  #: fitted on all labels (what would be applied)
-    temperatures: tuple[float, float]  #: fitted on each half
-    nll_before: float  #: held-out items, at the reference temperature
-    nll_after: float  #: held-out items, each at the T fitted on the other half
+    temperatures: tuple[float, ...]  #: fitted without each fold
+    after: np.ndarray  #: every item's probabilities at the T fitted without its fold
+    nll_before: float  #: the items, at the reference temperature
+    nll_after: float  #: the items, each at the T fitted without its fold
     ece_before: float
     ece_after: float
 
@@ -201,31 +206,35 @@ class HeldOut:
         return self.nll_after < self.nll_before
 
 
-def halves(ids_hash: np.ndarray) -> np.ndarray:
-    """Which half (0/1) each item falls in, from a stable per-item hash."""
-    return (np.asarray(ids_hash, dtype=np.uint64) & np.uint64(1)).astype(bool)
-
-
 def cross_fit(
     probs: np.ndarray,
     labels: np.ndarray,
-    second_half: np.ndarray,
+    fold: np.ndarray,
     reference: float = 1.0,
     bounds: tuple[float, float] = T_BOUNDS,
 ) -> HeldOut:
-    """Fit T on each half, score it on the other; compare with ``reference`` (the T in
-    use) on the same held-out items. Both halves need items."""
+    """Fit T without each fold (``fold``: each item's fold number), score it on that fold;
+    compare with ``reference`` (the T in use) on the same items. Folds with no item are
+    skipped; at least two must have items.
+
+    With halves of a small window, one half can hold no error at all: its T runs to the
+    lower bound and wrecks the other half. Five folds fit each T on 4/5 of the labels.
+    """
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels)
-    b = np.asarray(second_half, dtype=bool)
-    a = ~b
-    t_a, t_b = fit_temperature(p[a], y[a], bounds), fit_temperature(p[b], y[b], bounds)
+    f = np.asarray(fold)
     after = np.empty_like(p)
-    after[b], after[a] = scaled(p[b], t_a), scaled(p[a], t_b)
+    temperatures = []
+    for k in np.unique(f).tolist():
+        held = f == k
+        t = fit_temperature(p[~held], y[~held], bounds)
+        temperatures.append(t)
+        after[held] = scaled(p[held], t)
     before = scaled(p, reference)
     return HeldOut(
         temperature=fit_temperature(p, y, bounds),
-        temperatures=(t_a, t_b),
+        temperatures=tuple(temperatures),
+        after=after,
         nll_before=nll(before, y),
         nll_after=nll(after, y),
         ece_before=ece(before, y),

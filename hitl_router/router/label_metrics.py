@@ -5,10 +5,10 @@ at the temperature in use, and at a freshly fitted one judged on held-out labels
 The same function serves ``hitl-router calibrate``, ``replay`` on labelled input and
 the live labels agent's windows.
 
-Held out means cross-fitted: the labels are split in two halves by a keyed hash of
-their ids (stable, independent of order), a temperature is fitted on each half and
-applied to the other; the ``*_after`` numbers pool both held-out halves, so no label
-judges a temperature it helped fit. The temperature reported (and, when accepted,
+Held out means cross-fitted: the labels are split in five folds by a keyed hash of their
+ids (stable, independent of order), a temperature is fitted without each fold and applied
+to it; the ``*_after`` numbers pool the held-out folds, so no label judges a temperature
+it helped fit. The temperature reported (and, when accepted,
 applied) is fitted on all labels.
 
 >>> import numpy as np
@@ -34,7 +34,7 @@ from hitl_router.router.eval_sampler import EvalSampler
 
 #: per-class recall is reported for at most this many classes (metric cardinality)
 MAX_RECALL_CLASSES = 100
-_HALVES = EvalSampler(0.5, "hitl-router cross-fit halves")
+_FOLDS = EvalSampler(0.5, "hitl-router cross-fit folds")
 
 
 def stack(rows: Sequence[Sequence[float]]) -> np.ndarray:
@@ -47,9 +47,9 @@ def stack(rows: Sequence[Sequence[float]]) -> np.ndarray:
     return out
 
 
-def second_half(ids: Sequence[str]) -> np.ndarray:
-    """Which cross-fit half each id falls in (a keyed hash: stable across runs)."""
-    return _HALVES.draw(ids)
+def fold_of(ids: Sequence[str], folds: int = cal.FOLDS) -> np.ndarray:
+    """Which cross-fit fold (0 … folds-1) each id falls in (a keyed hash: stable)."""
+    return np.minimum((_FOLDS.uniform(ids) * folds).astype(np.int64), folds - 1)
 
 
 def assess(
@@ -93,17 +93,14 @@ def assess(
         **_measures(current, y, ""),
         "nll": _num(current_nll),
     }
-    halves = second_half(ids)
+    folds = fold_of(ids)
     fit = None
-    if n >= 2 and 0 < halves.sum() < n:
-        fit = cal.cross_fit(p, y, halves, bounds=bounds)
-        after = np.empty_like(p)
-        after[halves] = cal.scaled(p[halves], fit.temperatures[0])
-        after[~halves] = cal.scaled(p[~halves], fit.temperatures[1])
+    if n >= 2 and len(np.unique(folds)) >= 2:
+        fit = cal.cross_fit(p, y, folds, bounds=bounds)
         out.update(
             temperature=round(fit.temperature, 6),
-            temperatures_halves=[round(t, 6) for t in fit.temperatures],
-            **_measures(after, y, "_after"),
+            temperatures_folds=[round(t, 6) for t in fit.temperatures],
+            **_measures(fit.after, y, "_after"),
             nll_after=_num(fit.nll_after),
         )
     else:
@@ -153,7 +150,7 @@ def temperature_message(
         "nll_after": report["nll_after"],
         "ece_before": report["current"]["ece"],
         "ece_after": report["ece_after"],
-        "temperatures_halves": report["temperatures_halves"],
+        "temperatures_folds": report["temperatures_folds"],
         "fitted_at": now,
         "router": router,
     }
