@@ -35,7 +35,7 @@ from hitl_router.router.config import Config
 from hitl_router.router.eval_sampler import EvalSampler
 from hitl_router.router.join import JoinOutcome, join_label, joined_key, qa_item
 from hitl_router.router.labels import Label, LabelError, parse_label
-from hitl_router.router.outputs import Source, letter
+from hitl_router.router.outputs import Source, letter_output
 from hitl_router.router.partitioning import partitions_of
 from hitl_router.router.validation import ErrorInfo
 
@@ -211,7 +211,7 @@ class LabelJoiner:
     async def _join(self, label: Label | LabelError, raw: bytes | None, source: Source) -> None:
         """Join a parsed label with its id's decision record (which is in the table)."""
         now = time.time()
-        if isinstance(label, LabelError):  # cannot happen: it parsed when it was parked
+        if isinstance(label, LabelError):  # parked under another taxonomy (a config change)
             await self._dead_letter(label, raw, source, now)
             return
         id_key = label.id.encode()
@@ -256,16 +256,10 @@ class LabelJoiner:
         self, error: LabelError, raw: bytes | None, source: Source, now: float
     ) -> None:
         info = ErrorInfo(error.code, error.message, error.path)
-        value = letter(info, raw, source, now, self.config.limits)
-        key = None
-        if raw is not None:
-            try:
-                doc = orjson.loads(raw)
-                if isinstance(doc, dict) and isinstance(doc.get("id"), str):
-                    key = doc["id"].encode()[:1024]
-            except orjson.JSONDecodeError:
-                pass
-        await self.deadletter.send(key=key, value=value)
+        out = letter_output(
+            self.config.topics.labels_deadletter, info, raw, source, now, self.config.limits
+        )
+        await self.deadletter.send(key=out.key, value=out.value)
         self.feedback.label_deadletter.labels(error.code).inc()
 
 

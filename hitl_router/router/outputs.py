@@ -289,7 +289,19 @@ def _letter(
     now: float,
     limits: LimitsConfig,
 ) -> Output:
-    doc = letter_doc(error, raw, sources[i] if sources else None, now, limits)
+    return letter_output(topic, error, raw, sources[i] if sources else None, now, limits)
+
+
+def letter_output(
+    topic: str,
+    error: ErrorInfo,
+    raw: bytes | None,
+    source: Source | None,
+    now: float,
+    limits: LimitsConfig,
+) -> Output:
+    """A dead letter for ``topic``, keyed by the payload's id when it has a usable one."""
+    doc = letter_doc(error, raw, source, now, limits)
     pid = doc.get("id")  # parsed once, with the letter
     return Output(topic, pid.encode() if pid else None, _fit(doc, raw or b"", limits))
 
