@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
+from scipy.stats import binomtest
 
 from hitl_router.router.uncertainty import apply_temperature
 
@@ -122,19 +123,16 @@ def recall_per_class(probs: np.ndarray, labels: np.ndarray, k: int) -> list[floa
     return [float(h / s) if s else None for h, s in zip(hits, support, strict=True)]
 
 
-def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% by default), rounded to 4 places.
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (scipy's), rounded to 4 places.
 
     >>> wilson(0, 0)
     (0.0, 1.0)
     """
     if n == 0:
         return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
+    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return round(float(ci.low), 4), round(float(ci.high), 4)
 
 
 def logits(probs: np.ndarray) -> np.ndarray:
@@ -196,26 +194,17 @@ class HeldOut:
     temperature: float  #: fitted on all labels (what would be applied)
     temperatures: tuple[float, ...]  #: fitted without each fold
     after: np.ndarray  #: every item's probabilities at the T fitted without its fold
-    nll_before: float  #: the items, at the reference temperature
     nll_after: float  #: the items, each at the T fitted without its fold
-    ece_before: float
-    ece_after: float
-
-    @property
-    def improves(self) -> bool:
-        return self.nll_after < self.nll_before
 
 
 def cross_fit(
     probs: np.ndarray,
     labels: np.ndarray,
     fold: np.ndarray,
-    reference: float = 1.0,
     bounds: tuple[float, float] = T_BOUNDS,
 ) -> HeldOut:
-    """Fit T without each fold (``fold``: each item's fold number), score it on that fold;
-    compare with ``reference`` (the T in use) on the same items. Folds with no item are
-    skipped; at least two must have items.
+    """Fit T without each fold (``fold``: each item's fold number) and score it on that
+    fold. Folds with no item are skipped; at least two must have items.
 
     With halves of a small window, one half can hold no error at all: its T runs to the
     lower bound and wrecks the other half. Five folds fit each T on 4/5 of the labels.
@@ -230,13 +219,9 @@ def cross_fit(
         t = fit_temperature(p[~held], y[~held], bounds)
         temperatures.append(t)
         after[held] = scaled(p[held], t)
-    before = scaled(p, reference)
     return HeldOut(
         temperature=fit_temperature(p, y, bounds),
         temperatures=tuple(temperatures),
         after=after,
-        nll_before=nll(before, y),
         nll_after=nll(after, y),
-        ece_before=ece(before, y),
-        ece_after=ece(after, y),
     )
