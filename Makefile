@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration stress lint bench kafka-jars clean
+.PHONY: demo test unit integration lint bench kafka-jars clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,9 +28,6 @@ test: $(STAMP) kafka-jars
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
-
-stress: $(STAMP) kafka-jars
-	$(BIN)/pytest --stress tests/stress $(PYTEST_ARGS)
 
 bench: $(STAMP) kafka-jars
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -53,6 +53,11 @@ class FeedbackMetrics:
             "Labels read on another partition than their id's (not keyed by id), re-sent "
             "keyed by id.",
         )
+        self.redelivered = c(
+            "hitl_labels_redelivered",
+            "Labels read again after a failover (Kafka delivers at least once), recognised "
+            "by their offset and ignored.",
+        )
         self.qa_items = c("hitl_qa_items", "Review items re-queued for QA.", "queue")
         self.fits = c(
             "hitl_calibration_fits",

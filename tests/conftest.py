@@ -14,19 +14,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--stress", action="store_true", help="run tests/stress (make stress)")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--stress"):
-        return
-    skip = pytest.mark.skip(reason="a stress test: make stress")
-    for item in items:
-        if "stress" in item.keywords:
-            item.add_marker(skip)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -39,7 +39,6 @@ from hitl_router.agents.handling import batch_agent
 from hitl_router.agents.label_join import LabelJoiner
 from hitl_router.agents.label_windows import WindowKeeper
 from hitl_router.agents.publishing import BatchPublisher
-from hitl_router.agents.seeking import SeekingConsumer
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import OUTPUT_FRAMING_BYTES, Config, WorkerConfig
@@ -127,9 +126,6 @@ class RouterApp(faust.App):
             "beacon": self.beacon,
             "loop": self.transport.loop,
         }
-        if not self.batch_topics:  # no predictions here (--agents labels): Faust's own,
-            # seeking partitions never committed to their start (agents/seeking.py)
-            return SeekingConsumer(self.transport, **hooks)
         consumer = BatchingConsumer(self.transport, **hooks)
         consumer.batch_topics = self.batch_topics
         consumer.fetch_max_wait_ms = self.worker_settings.fetch_max_wait_ms
@@ -212,8 +208,6 @@ def build_app(
     if "router" in agents or "labels" in agents:
         # routers apply the newest temperatures; the label loop judges fits against them
         calibration_feed.install(app, config, policy.temperatures, feedback)
-    if "labels" in agents:
-        _install_labels(app, config, policy, feedback)
     publisher: list[BatchPublisher] = []
 
     def publish(outputs: list[Output]) -> list[Awaitable[Any]]:
@@ -291,39 +285,54 @@ def build_app(
             await channel.send(value=batch)
 
     app.batch_topics = {config.topics.predictions: (len(channels), fan_out)} if channels else {}
+    if "labels" in agents:
+        app.batch_topics.update(_install_labels(app, config, policy, feedback, publish))
     app.worker_settings = config.worker
     return app
 
 
 def _install_labels(
-    app: faust.App, config: Config, policy: Policy, feedback: FeedbackMetrics
-) -> None:
-    """The labels agent (join) and the calibration agent (windows, fits): Faust stream
-    agents with tables. A message that makes them raise is logged and counted, never
-    fatal (a label is dead-lettered as ``internal_error``)."""
-    joiner = LabelJoiner(app, config, feedback)
-    keeper = WindowKeeper(app, config, policy.temperatures, feedback)
+    app: faust.App,
+    config: Config,
+    policy: Policy,
+    feedback: FeedbackMetrics,
+    publish: Callable[[list[Output]], list[Awaitable[Any]]],
+) -> dict[str, tuple[int, BatchSink]]:
+    """The labels agent (join) and the calibration agent (windows, fits), fed a batch at
+    a time by the batching consumer like the router's agents; their tables are Faust
+    tables, written with explicit changelog sends. Returns their ``batch_topics``."""
     metrics: RouterMetrics = app.hitl_metrics  # type: ignore[attr-defined]
+    joiner = LabelJoiner(app, config, feedback, publish, metrics.agent_errors.labels("labels"))
+    keeper = WindowKeeper(
+        app,
+        config,
+        policy.temperatures,
+        feedback,
+        publish,
+        metrics.agent_errors.labels("calibration"),
+    )
+    raw = {"value_serializer": "raw", "key_serializer": "raw"}
+    sinks: dict[str, tuple[int, BatchSink]] = {}
+    for name, handler, topics in [
+        ("labels", joiner, (config.topics.decisions, config.topics.labels)),
+        ("calibration", keeper, (config.topics.joined,)),
+    ]:
+        for topic in topics:  # subscribed and acked by Faust, read by the batching consumer
+            app.topics.add(app.topic(topic, **raw))
+        channel = app.channel()
+        body = batch_agent(name, handler.handle, handler.internal_error, metrics)
+        app.agent(channel, name=name)(body)
+        sink = _sink(channel)
+        for topic in topics:
+            sinks[topic] = (1, sink)
+    return sinks
 
-    async def join(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                await joiner.on_event(event)
-            except Exception as exc:
-                log.exception("labels: a message could not be joined")
-                metrics.agent_errors.labels("labels").inc()
-                await joiner.internal_error(event, exc)
 
-    async def calibrate(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                await keeper.on_event(event)
-            except Exception:
-                log.exception("calibration: a joined label could not be counted")
-                metrics.agent_errors.labels("calibration").inc()
+def _sink(channel: Any) -> BatchSink:
+    async def send(batch: Batch) -> None:
+        await channel.send(value=batch)
 
-    app.agent(joiner.inputs, name="labels")(join)
-    app.agent(keeper.inputs, name="calibration")(calibrate)
+    return send
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

@@ -58,6 +58,28 @@ class _ConsumerThread(AIOKafkaConsumerThread):
         consumer._fetch_min_bytes = self.fetch_min_bytes
         return consumer
 
+    async def seek_to_committed(self) -> Any:
+        return await self.call_thread(self._seek_to_committed_or_beginning)
+
+    async def _seek_to_committed_or_beginning(self) -> Any:
+        """After a rebalance, Faust seeks every partition to its committed offset, so that
+        what was fetched and not acked (batches forgotten by :meth:`BatchingConsumer.
+        wait_empty`) is read again. aiokafka's ``seek_to_committed`` leaves a partition
+        with no committed offset alone: its position stays past those records, and
+        Faust's committer (``Consumer._new_offset`` checks for a gap at the head only
+        when there is a committed offset) then commits past them. Measured on the label
+        loop: a worker killed before its group ever committed a partition lost the
+        labels of that partition in about half of the runs. Such a partition is read
+        again from its beginning — what ``auto_offset_reset: earliest`` means for a
+        group that never committed."""
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
+        fresh = [tp for tp, offset in committed.items() if not offset]  # None or 0
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+            log.debug("no committed offset: %s read from the beginning", fresh)
+        return committed
+
 
 class BatchingConsumer(Consumer):
     """Faust's aiokafka consumer; messages of ``batch_topics`` go to their sinks a batch

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
 import orjson
+from prometheus_client import Counter
 
 from hitl_router import __version__
-from hitl_router.agents.label_join import active_partitions
+from hitl_router.agents.label_join import Publish, Writes, active_partitions
+from hitl_router.agents.settling import Batch
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.router.config import Config
 from hitl_router.router.join import AGREEMENT_KEY
 from hitl_router.router.label_metrics import assess, temperature_message
 from hitl_router.router.label_window import AgreementWindow, EvalWindows, bare
+from hitl_router.router.outputs import Output
 from hitl_router.router.partitioning import partitions_of
 from hitl_router.router.temperatures import TemperatureBook
 
@@ -39,13 +43,25 @@ REFRESH_S = 2.0
 
 
 class WindowKeeper:
+    """The calibration agent's state and its work per batch of joined labels (handed
+    over and acked by the batching consumer, as the join's)."""
+
     def __init__(
-        self, app: faust.App, config: Config, book: TemperatureBook, feedback: FeedbackMetrics
+        self,
+        app: faust.App,
+        config: Config,
+        book: TemperatureBook,
+        feedback: FeedbackMetrics,
+        publish: Publish,
+        errors: Counter,
     ) -> None:
         self.app = app
         self.config = config
         self.book = book
         self.feedback = feedback
+        self.publish = publish
+        #: joined labels that raised (``hitl_agent_errors_total{agent="calibration"}``)
+        self.errors = errors
         self.partitions = config.kafka.partitions
         labels = config.labels
         self.table = app.Table(
@@ -55,9 +71,6 @@ class WindowKeeper:
             key_type=bytes,
             value_type=bytes,
         )
-        raw = {"value_serializer": "raw", "key_serializer": "raw"}
-        self.inputs = app.topic(config.topics.joined, **raw)
-        self.calibration = app.topic(config.topics.calibration, **raw)
         self.evals = EvalWindows(labels.window)
         self.pairs = AgreementWindow(labels.window)
         self.since_fit: dict[str, int] = {}
@@ -66,13 +79,38 @@ class WindowKeeper:
         self.table.on_recover(self._rebuild)
         app.timer(REFRESH_S)(self._refresh_dirty)
 
-    async def on_event(self, event: Any) -> None:
-        ev = orjson.loads(event.value)
+    def handle(self, batch: Batch) -> list[Awaitable[Any]]:
+        """Add a fetch of joined labels (and agreement pairs) to the windows; publish the
+        temperatures their fits accept. A joined label that raises is logged and counted,
+        never fatal."""
+        writes = Writes()
+        for m in batch.messages:
+            try:
+                self._add(writes, m.partition, m.value)
+            except Exception:
+                log.exception("calibration: a joined label could not be counted")
+                self.errors.inc()
+        return writes.deliveries(self.publish)
+
+    def internal_error(self, batch: Batch, exc: BaseException) -> list[Awaitable[Any]]:
+        return []  # handle does not raise for one message; nothing to dead-letter
+
+    def _put(self, writes: Writes, partition: int, key: bytes, value: bytes | None) -> None:
+        data = self.table.data
+        if value is None:
+            if data.pop(key, None) is None:
+                return
+        else:
+            data[key] = value
+        writes.changelog.append(self.table.send_changelog(partition, key, value))
+
+    def _add(self, writes: Writes, partition: int, value: bytes) -> None:
+        ev = orjson.loads(value)
         if ev.get("kind") == "pair":
             key = _SEP.join((AGREEMENT_KEY, ev["id"], ev["annotator"]))
-            self.table[key.encode()] = event.value
+            self._put(writes, partition, key.encode(), value)
             for gone in self.pairs.add(ev):
-                self._delete(_SEP.join((AGREEMENT_KEY, *gone)))
+                self._put(writes, partition, _SEP.join((AGREEMENT_KEY, *gone)).encode(), None)
             self.dirty.add(AGREEMENT_KEY)
             return
         name = bare(ev["model"])
@@ -83,32 +121,28 @@ class WindowKeeper:
             "y": ev["y"],
             "at": ev["labelled_at"],
         }
-        self.table[_SEP.join((name, ev["id"])).encode()] = orjson.dumps(row)
+        self._put(writes, partition, _SEP.join((name, ev["id"])).encode(), orjson.dumps(row))
         for gone in self.evals.add(ev["model"], ev["id"], ev["probs"], ev["y"]):
-            self._delete(_SEP.join((name, gone)))
+            self._put(writes, partition, _SEP.join((name, gone)).encode(), None)
         self.since_fit[name] = self.since_fit.get(name, 0) + 1
         self.dirty.add(name)
         if self.since_fit[name] >= self.config.labels.refit_every:
             self.since_fit[name] = 0
-            await self.refresh(name, fit=True)
-
-    def _delete(self, key: str) -> None:
-        k = key.encode()
-        if k in self.table:
-            del self.table[k]
+            writes.outputs.extend(self.refresh(name, fit=True))
 
     async def _refresh_dirty(self) -> None:
         dirty, self.dirty = self.dirty, set()
         for name in dirty:
-            await self.refresh(name, fit=False)
+            self.refresh(name, fit=False)
 
-    async def refresh(self, name: str, fit: bool) -> None:
-        """Export the windows of a model (or the agreement window); with ``fit``, publish
-        each window's temperature that is accepted."""
+    def refresh(self, name: str, fit: bool) -> list[Output]:
+        """Export the windows of a model (or the agreement window); with ``fit``, the
+        calibration messages of each window's temperature that is accepted."""
         if name == AGREEMENT_KEY:
             self.feedback.observe_agreement(self.pairs.report())
-            return
+            return []
         labels = self.config.labels
+        out = []
         for key in self.evals.keys(name):
             probs, y, ids = self.evals.arrays(key)
             current = self.book.temperature(key)
@@ -131,15 +165,16 @@ class WindowKeeper:
                 self.feedback.fits.labels(model, "rejected").inc()
             else:
                 self.feedback.fits.labels(model, "accepted").inc()
-                await self._publish(key, current, report)
+                out.append(self._accepted(key, current, report))
+        return out
 
-    async def _publish(self, key: str, previous: float, r: dict[str, Any]) -> None:
+    def _accepted(self, key: str, previous: float, r: dict[str, Any]) -> Output:
         t = float(r["temperature"])
         router = {"version": __version__, "config_hash": self.config.config_hash}
         doc = temperature_message(key, previous, r, time.time(), router)
-        await self.calibration.send(key=key.encode(), value=orjson.dumps(doc))
         self.book.update(key, t)  # here at once; every worker applies it from the topic
         log.info("calibration: %s T %.4g → %.4g on %d eval labels", key, previous, t, r["n"])
+        return Output(self.config.topics.calibration, key.encode(), orjson.dumps(doc))
 
     async def _rebuild(self) -> None:
         """After a recovery: the windows of the partitions this worker now owns."""

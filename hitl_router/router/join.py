@@ -86,17 +86,31 @@ class JoinOutcome:
     pair: dict[str, Any] | None = None
     #: an expired entry to delete
     expired: bool = False
+    #: a label already joined (the same message, read again after a failover): no effect
+    redelivered: bool = False
 
 
 def join_label(
-    entry: dict[str, Any] | None, label: Label, *, now: float, retention_s: float
+    entry: dict[str, Any] | None,
+    label: Label,
+    *,
+    now: float,
+    retention_s: float,
+    at: tuple[int, int] | None = None,
 ) -> JoinOutcome:
     """Join ``label`` with the table entry of its id (None if there is none).
 
     The entry is ``{"d": decision record, "labels": {annotator: class}, "first":
-    annotator}``. A second label from the same annotator replaces the first; one from
-    another annotator is paired with the first annotator's label. Eval metrics and
-    trigger precision count each id once: its first annotator's (latest) label.
+    annotator, "at": {annotator: [partition, offset]}}``. A second label from the same
+    annotator replaces the first; one from another annotator is paired with the first
+    annotator's label. Eval metrics and trigger precision count each id once: its first
+    annotator's (latest) label.
+
+    ``at`` is where the label was read (partition, offset of the labels topic). Kafka
+    delivers at least once: after a failover, a label already joined is read again. An
+    id's labels share a partition, so a label read at or before the offset of the
+    annotator's label joined last is such a re-read (or older than the label that
+    replaced it): it changes nothing (``redelivered``).
     """
     if entry is None:
         return JoinOutcome(error=LabelError("unknown_id", f"no decision recorded for {label.id!r}"))
@@ -126,10 +140,16 @@ def join_label(
                 "source",
             )
         )
+    seen = dict(entry.get("at") or {})
+    last = seen.get(label.annotator)
+    if at is not None and last is not None and last[0] == at[0] and at[1] <= last[1]:
+        return JoinOutcome(redelivered=True)
     labels = dict(entry.get("labels") or {})
     first = entry.get("first") or label.annotator
     labels[label.annotator] = y
-    new_entry = {"d": rec, "labels": labels, "first": first}
+    if at is not None:
+        seen[label.annotator] = list(at)
+    new_entry = {"d": rec, "labels": labels, "first": first, "at": seen}
     if label.annotator == first:
         return JoinOutcome(entry=new_entry, joined=_joined(rec, label, y))
     return JoinOutcome(

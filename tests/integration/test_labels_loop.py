@@ -89,8 +89,8 @@ def _sum(ports: list[int], name: str, **labels: str) -> float:
 
 
 def test_labels_join_measure_and_calibrate_with_two_label_workers(kafka_bootstrap, tmp_path):
-    """Two label workers share the partitions; every label joins once. (A label worker
-    stopped or killed with labels in flight: README "Known problem", issue #10.)"""
+    """Two label workers share the partitions; every label joins once. (Label workers
+    killed -9: test_labels_failover.py.)"""
     cfg_path = tmp_path / "loop.yaml"
     cfg = _config(cfg_path, kafka_bootstrap)
     t, group = cfg["topics"], cfg["kafka"]["group_id"]

@@ -60,6 +60,30 @@ def test_first_label_joins_relabel_replaces_second_annotator_pairs():
     assert joined_key(other.pair) == AGREEMENT_KEY and joined_key(first.joined) == "m"
 
 
+def test_a_label_read_again_changes_nothing_a_later_one_replaces():
+    """At-least-once: a label read again after a failover (same partition, offset at or
+    before the annotator's last joined one) is recognised; a newer one replaces."""
+    ann = Label("p0", "c", "ann", "review")
+    first = join_label(_entry(), ann, now=101, retention_s=60, at=(2, 40))
+    assert first.entry["at"] == {"ann": [2, 40]}
+    again = join_label(first.entry, ann, now=102, retention_s=60, at=(2, 40))
+    assert again.redelivered and again.entry is None and again.joined is None
+    older = join_label(
+        first.entry, Label("p0", "a", "ann", "review"), now=102, retention_s=60, at=(2, 39)
+    )
+    assert older.redelivered
+    newer = join_label(
+        first.entry, Label("p0", "b", "ann", "review"), now=102, retention_s=60, at=(2, 41)
+    )
+    assert not newer.redelivered and newer.joined["y"] == 1 and newer.entry["at"]["ann"] == [2, 41]
+    # another annotator at an earlier offset is not a re-read; nor is a label on another
+    # partition (a mis-keyed label's re-sent copy)
+    qa = join_label(newer.entry, Label("p0", 0, "qa", "review"), now=103, retention_s=60, at=(2, 5))
+    assert not qa.redelivered and qa.pair["second"] == 0
+    moved = join_label(first.entry, ann, now=103, retention_s=60, at=(0, 1))
+    assert not moved.redelivered and moved.entry["at"]["ann"] == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("entry", "label", "now", "code"),
     [
