@@ -16,7 +16,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from hitl_router.router.decision import DEADLETTER, EVAL, FATES, BatchDecisions
+from hitl_router.router.decision import BUDGET, DEADLETTER, DIVERSITY, EVAL, FATES, BatchDecisions
 
 OTHER_MODEL = "other"
 LATENCY_BUCKETS = (
@@ -123,6 +123,46 @@ class RouterMetrics:
         self.rule_fired = Counter(
             "hitl_rule_fired",
             "Rule results that fired, per queue and rule.",
+            ["queue", "rule"],
+            registry=registry,
+        )
+        self.budget_dropped = Counter(
+            "hitl_budget_dropped",
+            "Items that matched a queue over its budget and passed, per queue.",
+            ["queue"],
+            registry=registry,
+        )
+        self.diversity_dropped = Counter(
+            "hitl_diversity_dropped",
+            "Items that matched a queue whose diversity cap their key was at, and passed.",
+            ["queue"],
+            registry=registry,
+        )
+        self.class_entropy = Gauge(
+            "hitl_class_entropy",
+            "Entropy (nats) of the predicted-class mix over the last 1,000 items: of each "
+            'queue, and of the stream the rules looked at (queue=""). A queue far below '
+            "the stream is concentrating on a few classes.",
+            ["queue"],
+            registry=registry,
+        )
+        self.budget_used = Gauge(
+            "hitl_budget_used",
+            "Items this worker admitted to a budgeted queue in the current period (sum "
+            "over workers: the group's).",
+            ["queue"],
+            registry=registry,
+        )
+        self.budget_quota = Gauge(
+            "hitl_budget_quota",
+            "This worker's share of a queue's budget per period (sum over workers: the budget).",
+            ["queue"],
+            registry=registry,
+        )
+        self.rule_threshold = Gauge(
+            "hitl_rule_threshold",
+            "The threshold in force of a target-rate rule (its window's quantile), per "
+            "queue and rule.",
             ["queue", "rule"],
             registry=registry,
         )
@@ -254,6 +294,29 @@ class RouterMetrics:
                     fired[leaf.rule] = fired.get(leaf.rule, 0) + 1
             for rule, c in fired.items():
                 self.rule_fired.labels(queue.name, rule).inc(c)
+        if batch.policy.budgets or batch.policy.diversity:
+            at = batch.dropped >= 0
+            for reason, counter in (
+                (BUDGET, self.budget_dropped),
+                (DIVERSITY, self.diversity_dropped),
+            ):
+                rows = batch.dropped[at & (batch.drop_reason == reason)]
+                for q, c in enumerate(np.bincount(rows, minlength=len(queues)).tolist()):
+                    if c:
+                        counter.labels(queues[q].name).inc(c)
+            for q, state in batch.policy.budgets.items():
+                self.budget_used.labels(queues[q].name).set(state.used)
+                self.budget_quota.labels(queues[q].name).set(state.quota)
+        policy = batch.policy
+        if q_count := len(queues):
+            self.class_entropy.labels("").set(policy.stream_mix.entropy())
+            for q in range(q_count):
+                mix = policy.queue_mix[q]
+                if mix.count:
+                    self.class_entropy.labels(queues[q].name).set(mix.entropy())
+        for queue_name, leaf, target, _ in batch.policy.targets:
+            if target in batch.live:
+                self.rule_threshold.labels(queue_name, leaf.rule).set(batch.live[target])
         self.latency.observe_many(now - np.asarray(times, dtype=np.float64))
 
     def observe_sampler(self, batch: BatchDecisions) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 
@@ -285,10 +286,26 @@ def build_app(
             await channel.send(value=batch)
 
     app.batch_topics = {config.topics.predictions: (len(channels), fan_out)} if channels else {}
+    if channels and policy.budgets:
+        _share_budgets(app, config, policy)
     if "labels" in agents:
         app.batch_topics.update(_install_labels(app, config, policy, feedback, publish))
     app.worker_settings = config.worker
     return app
+
+
+def _share_budgets(app: faust.App, config: Config, policy: Policy) -> None:
+    """After each rebalance, this worker spends its share of every queue's budget: the
+    share of the predictions topic's partitions it holds (router/budget.py)."""
+    topic = config.topics.predictions
+
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        held = sum(1 for tp in app.consumer.assignment() if tp.topic == topic)
+        total = app.consumer.topic_partitions(topic) or config.kafka.partitions
+        policy.set_budget_share(held / total)
+        log.info("budgets: this worker holds %d of %d partitions of %s", held, total, topic)
+
+    app.on_partitions_assigned.connect(on_assigned)
 
 
 def _install_labels(
@@ -384,7 +401,10 @@ def _decide(
         parsed = cache.get("parsed")
         if parsed is None:
             parsed = cache["parsed"] = parse_batch(raws, policy.config.limits)
-        decided = decide_parsed(parsed, policy, rules=rules)
+        times = None
+        if rules and policy.budgets:  # budgets cut periods on ts, else the Kafka time
+            times = np.fromiter((m.timestamp for m in batch.messages), np.float64) / 1000.0
+        decided = decide_parsed(parsed, policy, rules=rules, times=times)
     except Exception:
         log.exception("%s: batch of %d failed; deciding one by one", agent, len(raws))
         metrics.agent_errors.labels(agent).inc()

@@ -234,7 +234,11 @@ class BatchPublisher:
         while True:
             try:
                 future: asyncio.Future[Any] = await self.producer.send(
-                    g.topic, o.value, key=o.key, partition=g.partition
+                    g.topic,
+                    o.value,
+                    key=o.key,
+                    partition=g.partition,
+                    headers=list(o.headers) if o.headers else None,  # aiokafka: a list
                 )
             except (AssertionError, UnknownTopicOrPartitionError):
                 # "Unrecognized partition" (the metadata changed), or the partition's
@@ -256,11 +260,12 @@ class BatchPublisher:
         create_batch = self.producer.create_batch
         batch, first = create_batch(), 0  # first: index of the batch's first output
         for j, o in enumerate(g.outputs):
-            if batch.append(key=o.key, value=o.value, timestamp=None) is None:
+            headers = list(o.headers) if o.headers else []
+            if batch.append(key=o.key, value=o.value, timestamp=None, headers=headers) is None:
                 if not await self._send_batch(g, batch, first, deadline):
                     return
                 batch, first = create_batch(), j
-                if batch.append(key=o.key, value=o.value, timestamp=None) is None:
+                if batch.append(key=o.key, value=o.value, timestamp=None, headers=headers) is None:
                     # larger than a whole batch: send() sizes a batch to fit it
                     future = await self._send(g, o, deadline)
                     if future is None:

@@ -25,7 +25,10 @@ import orjson
 import yaml
 
 from hitl_router.errors import ConfigError
+from hitl_router.router.budget import BudgetSpec, parse_budget
+from hitl_router.router.diversity import DiversitySpec, parse_diversity
 from hitl_router.router.kafka_security import SecurityConfig, parse_security
+from hitl_router.router.priority import DEFAULT_PRIORITY, PrioritySpec, parse_priority
 from hitl_router.router.rules import Node, parse_rule
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -89,8 +92,13 @@ class QueueConfig:
     name: str
     topic: str
     when: Node
-    priority: int
+    #: each review item's priority (router/priority.py); higher = more urgent
+    priority: PrioritySpec
     raw_when: Mapping[str, Any]
+    #: at most so many items per period, over the group (router/budget.py)
+    budget: BudgetSpec | None = None
+    #: a cap on the share of one key among the items taken (router/diversity.py)
+    diversity: DiversitySpec | None = None
 
 
 @dataclass(frozen=True)
@@ -261,7 +269,14 @@ class Config:
             del out["kafka"]["security"]
         out["calibration"] = {"temperatures": dict(self.calibration.temperatures)}
         out["queues"] = [
-            {"name": q.name, "topic": q.topic, "priority": q.priority, "when": q.raw_when}
+            {
+                "name": q.name,
+                "topic": q.topic,
+                "priority": q.priority.describe(),
+                "when": q.raw_when,
+                **({"budget": q.budget.describe()} if q.budget else {}),
+                **({"diversity": q.diversity.describe()} if q.diversity else {}),
+            }
             for q in self.queues
         ]
         out["config_hash"] = self.config_hash
@@ -506,7 +521,7 @@ def _queues(value: Any, topics: TopicsConfig) -> tuple[QueueConfig, ...]:
     for i, item in enumerate(value):
         key = f"queues[{i}]"
         q = _mapping(item, key)
-        _known(q, key, {"name", "topic", "when", "priority"})
+        _known(q, key, {"name", "topic", "when", "priority", "budget", "diversity"})
         name = q.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(
@@ -524,11 +539,17 @@ def _queues(value: Any, topics: TopicsConfig) -> tuple[QueueConfig, ...]:
         seen_topics.add(topic)
         if "when" not in q:
             raise ConfigError(f"{key}.when", "missing: every queue needs a rule")
-        priority = q.get("priority", i)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ConfigError(f"{key}.priority", f"expected an integer, got {priority!r}")
+        priority = (
+            parse_priority(q["priority"], f"{key}.priority")
+            if "priority" in q
+            else DEFAULT_PRIORITY
+        )
         when = parse_rule(q["when"], f"{key}.when")
-        out.append(QueueConfig(name, topic, when, priority, q["when"]))
+        budget = parse_budget(q["budget"], f"{key}.budget") if "budget" in q else None
+        diversity = (
+            parse_diversity(q["diversity"], f"{key}.diversity") if "diversity" in q else None
+        )
+        out.append(QueueConfig(name, topic, when, priority, q["when"], budget, diversity))
     return tuple(out)
 
 

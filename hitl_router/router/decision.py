@@ -15,6 +15,7 @@ score → evaluate rules (first matching queue wins) on what is left.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,9 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from hitl_router.router.budget import BudgetState
 from hitl_router.router.config import Config, QueueConfig
+from hitl_router.router.diversity import ClassMix, DiversityCap
 from hitl_router.router.eval_sampler import EvalSampler
-from hitl_router.router.rules import BatchContext, Leaf, evaluate, fired_leaves
+from hitl_router.router.priority import priorities
+from hitl_router.router.rules import BatchContext, Leaf, evaluate, fired_leaves, leaves
+from hitl_router.router.target_rate import SlidingQuantile, TargetRate
 from hitl_router.router.temperatures import TemperatureBook
 from hitl_router.router.uncertainty import (
     SCORE_NAMES,
@@ -36,6 +41,9 @@ from hitl_router.router.validation import ErrorInfo, ParsedBatch, parse_batch
 
 DEADLETTER, EVAL, REVIEW, PASS = 0, 1, 2, 3
 FATES = ("deadletter", "eval", "review", "pass")
+#: why an item that matched a queue passed: the queue's budget, its diversity cap
+BUDGET, DIVERSITY = 1, 2
+DROP_REASONS = ("", "budget", "diversity")
 
 
 class Policy:
@@ -47,6 +55,35 @@ class Policy:
         self.sampler = EvalSampler(config.eval_sample.rate, config.eval_sample.salt)
         self.queues: tuple[QueueConfig, ...] = config.queues
         self.temperatures = temperatures or TemperatureBook(config.calibration)
+        #: each target-rate leaf with its queue and the window of its score
+        self.targets: list[tuple[str, Leaf, TargetRate, SlidingQuantile]] = [
+            (q.name, leaf, leaf.threshold, SlidingQuantile(leaf.threshold.window))
+            for q in self.queues
+            for leaf in leaves(q.when)
+            if isinstance(leaf.threshold, TargetRate)
+        ]
+        #: each budgeted queue's state on this worker (share: set on a rebalance)
+        self.budgets: dict[int, BudgetState] = {
+            q: BudgetState(qc.budget) for q, qc in enumerate(self.queues) if qc.budget
+        }
+        #: each capped queue's window of keys on this worker
+        self.diversity: dict[int, DiversityCap] = {
+            q: DiversityCap(qc.diversity) for q, qc in enumerate(self.queues) if qc.diversity
+        }
+        #: the predicted-class mix of the stream (what the rules looked at) and of each
+        #: queue (what it took), for their entropies
+        self.stream_mix = ClassMix()
+        self.queue_mix = [ClassMix() for _ in self.queues]
+
+    def set_budget_share(self, share: float) -> None:
+        """This worker's share of the group's budgets: partitions held / partitions."""
+        for state in self.budgets.values():
+            state.share = share
+
+    def live_thresholds(self) -> list[tuple[str, str, float]]:
+        """(queue, rule, threshold in force) of every target-rate leaf (NaN before any
+        prediction was seen)."""
+        return [(queue, leaf.rule, sq.quantile(t.q)) for queue, leaf, t, sq in self.targets]
 
 
 @dataclass
@@ -63,6 +100,13 @@ class BatchDecisions:
     matched: np.ndarray  # bool (Q, n): which queues' rules hold
     memo: dict[int, np.ndarray]  # node values, for tracing reasons
     raws: Sequence[bytes | None]  # the messages as received
+    priority: np.ndarray  # float64 (n,): a review item's priority, NaN for other fates
+    #: the threshold each target-rate leaf had for this batch
+    live: dict[TargetRate, float] = field(default_factory=dict)
+    #: int16 (n,): the queue a row matched and was dropped from (passed), or -1
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    #: int8 (n,): why it was dropped (DROP_REASONS), where ``dropped`` >= 0
+    drop_reason: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     _fired: dict[tuple[int, int], list[Leaf]] = field(default_factory=dict, init=False)
 
     @property
@@ -128,14 +172,18 @@ class BatchDecisions:
                         "metric": leaf.metric,
                         "value": self._leaf_value(leaf.metric, leaf.threshold, i),
                         "op": leaf.op,
-                        "threshold": (
-                            list(leaf.threshold)
-                            if isinstance(leaf.threshold, tuple)
-                            else leaf.threshold
-                        ),
+                        "threshold": self._threshold(leaf),
                     }
                 )
         return out
+
+    def _threshold(self, leaf: Leaf) -> Any:
+        t = leaf.threshold
+        if isinstance(t, tuple):
+            return list(t)
+        if isinstance(t, TargetRate):
+            return self.live[t]
+        return t
 
     def _leaf_value(self, metric: str, threshold: Any, i: int) -> Any:
         doc = self.docs[i]
@@ -157,9 +205,16 @@ def decide_batch(raws: Sequence[bytes], policy: Policy, *, rules: bool = True) -
     return decide_parsed(parse_batch(raws, policy.config.limits), policy, rules=rules)
 
 
-def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) -> BatchDecisions:
+def decide_parsed(
+    parsed: ParsedBatch,
+    policy: Policy,
+    *,
+    rules: bool = True,
+    times: np.ndarray | None = None,
+) -> BatchDecisions:
     """:func:`decide_batch` for a batch already validated by ``parse_batch`` (so agents
-    sharing a batch parse it once)."""
+    sharing a batch parse it once). ``times``: each row's time for budgets when its
+    prediction has no ``ts`` (the agents pass the Kafka timestamps; default: now)."""
     n = parsed.n
     fate = np.full(n, DEADLETTER, dtype=np.int8)
     queue = np.full(n, -1, dtype=np.int16)
@@ -175,6 +230,11 @@ def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) ->
     q_count = len(policy.queues)
     matched = np.zeros((q_count, n), dtype=bool)
     memo: dict[int, np.ndarray] = {}
+    priority = np.full(n, np.nan)
+    dropped = np.full(n, -1, dtype=np.int16)
+    drop_reason = np.zeros(n, dtype=np.int8)
+    pred = np.zeros(n, dtype=np.int64)
+    live: dict[TargetRate, float] = {}
     if rules:
         models = [d["model"] if d is not None else "" for d in parsed.docs]
         temperature_of = _TemperatureLookup(policy.temperatures)
@@ -182,6 +242,7 @@ def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) ->
             t = temperature_of(models, group.rows)
             temperature[group.rows] = t
             calibrated = _calibrate(group.probs, t)
+            pred[group.rows] = group.probs.argmax(axis=1)
             for name, values in scores(calibrated).items():
                 all_scores[name][group.rows] = values
             if group.members is not None:
@@ -189,10 +250,15 @@ def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) ->
                 for name, values in ensemble_scores(members).items():
                     all_scores[name][group.rows] = values
         if q_count:
+            candidates = valid & ~sampled
+            for _, leaf, target, window in policy.targets:
+                window.update(all_scores[leaf.metric][candidates])
+                live[target] = window.quantile(target.q)
             ctx = BatchContext(
                 scores=all_scores,
                 flags=[(d.get("flags") or ()) if d is not None else () for d in parsed.docs],
                 models=models,
+                live=live,
             )
             for q, qc in enumerate(policy.queues):
                 matched[q] = evaluate(qc.when, ctx, memo)
@@ -200,6 +266,32 @@ def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) ->
             any_match = matched.any(axis=0)
             queue[any_match] = matched[:, any_match].argmax(axis=0)
             fate[any_match] = REVIEW
+            for q, qc in enumerate(policy.queues):
+                rows = queue == q
+                if rows.any():
+                    picked = {k: v[rows] for k, v in all_scores.items()}
+                    priority[rows] = priorities(qc.priority, picked, int(rows.sum()))
+            if policy.budgets and any_match.any():
+                at = _event_times(parsed.docs, times)
+                for q, state in policy.budgets.items():
+                    rows = np.flatnonzero(queue == q)
+                    if rows.size:
+                        out = rows[~state.admit(at[rows], priority[rows])]
+                        fate[out], queue[out], priority[out], dropped[out] = PASS, -1, np.nan, q
+                        drop_reason[out] = BUDGET
+            for q, cap in policy.diversity.items():
+                rows = np.flatnonzero(queue == q).tolist()
+                if rows:
+                    docs = [parsed.docs[i] for i in rows]
+                    keys = cap.spec.keys(docs, pred[rows].tolist())  # type: ignore[arg-type]
+                    out = [i for i, k in zip(rows, keys, strict=True) if not cap.admit(k)]
+                    fate[out], queue[out], priority[out], dropped[out] = PASS, -1, np.nan, q
+                    drop_reason[out] = DIVERSITY
+            policy.stream_mix.add(pred[candidates])
+            for q, mix in enumerate(policy.queue_mix):
+                taken = queue == q
+                if taken.any():
+                    mix.add(pred[taken])
     return BatchDecisions(
         policy,
         parsed.docs,
@@ -211,7 +303,24 @@ def decide_parsed(parsed: ParsedBatch, policy: Policy, *, rules: bool = True) ->
         matched,
         memo,
         parsed.raws,
+        priority,
+        live,
+        dropped,
+        drop_reason,
     )
+
+
+def _event_times(docs: Sequence[dict[str, Any] | None], fallback: np.ndarray | None) -> np.ndarray:
+    """Each row's ``ts``, else its ``fallback`` time, else now (seconds)."""
+    now = time.time()
+    out = np.array(
+        [d.get("ts") if d is not None and d.get("ts") is not None else np.nan for d in docs],
+        dtype=np.float64,
+    )
+    missing = np.isnan(out)
+    if missing.any():
+        out[missing] = fallback[missing] if fallback is not None else now
+    return out
 
 
 class _TemperatureLookup:
@@ -266,6 +375,10 @@ def merge_batches(policy: Policy, parts: Sequence[BatchDecisions]) -> BatchDecis
         else np.zeros((q_count, 0), bool),
         memo,
         [raw for p in parts for raw in p.raws],
+        np.concatenate([p.priority for p in parts]) if parts else np.zeros(0),
+        {t: v for p in parts for t, v in p.live.items()},
+        np.concatenate([p.dropped for p in parts]) if parts else np.zeros(0, np.int16),
+        np.concatenate([p.drop_reason for p in parts]) if parts else np.zeros(0, np.int8),
     )
 
 
@@ -282,4 +395,8 @@ def poisoned(policy: Policy, raw: bytes | None, exc: BaseException) -> BatchDeci
         np.zeros((len(policy.queues), 1), bool),
         {},
         [raw],
+        np.array([np.nan]),
+        {},
+        np.array([-1], np.int16),
+        np.zeros(1, np.int8),
     )

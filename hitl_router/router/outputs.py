@@ -17,7 +17,7 @@ import orjson
 
 from hitl_router import __version__
 from hitl_router.router.config import Config, LimitsConfig
-from hitl_router.router.decision import EVAL, PASS, REVIEW, BatchDecisions
+from hitl_router.router.decision import DROP_REASONS, EVAL, PASS, REVIEW, BatchDecisions
 from hitl_router.router.validation import ErrorInfo
 
 
@@ -36,6 +36,8 @@ class Output(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes
+    #: Kafka headers (a review item's ``priority``)
+    headers: tuple[tuple[str, bytes], ...] | None = None
 
 
 def router_info(batch: BatchDecisions) -> dict[str, str]:
@@ -63,9 +65,20 @@ def review_item(batch: BatchDecisions, i: int, now: float) -> dict[str, Any]:
         "id": item.pop("id"),
         "model": item.pop("model"),
         "queue": queue.name,
-        "priority": queue.priority,
+        "priority": float(batch.priority[i]),
         "reasons": batch.reasons(i),
         **item,
+    }
+
+
+def dropped_info(batch: BatchDecisions, i: int) -> dict[str, Any]:
+    """Why a row that matched a queue passed (the queue was over its ``budget``, or its
+    key over the queue's ``diversity`` cap), and the rules that fired for it."""
+    q = int(batch.dropped[i])
+    return {
+        "queue": batch.policy.queues[q].name,
+        "reason": DROP_REASONS[int(batch.drop_reason[i])],
+        "reasons": [r for r in batch.reasons(i) if r["queue"] == batch.policy.queues[q].name],
     }
 
 
@@ -247,9 +260,9 @@ def router_outputs(
             error = too_large("review item", len(value), limits)
             out.append(_letter(deadletter, error, raws[i], sources, i, now, limits))
             continue
-        out.append(
-            Output(batch.policy.queues[int(batch.queue[i])].topic, item["id"].encode(), value)
-        )
+        topic = batch.policy.queues[int(batch.queue[i])].topic
+        headers = (("priority", repr(item["priority"]).encode()),)
+        out.append(Output(topic, item["id"].encode(), value, headers))
     if config.topics.accepted:
         # accepted_item, inlined: the one output most predictions get
         topic, docs, raws_of = config.topics.accepted, batch.docs, batch.raws
@@ -271,6 +284,8 @@ def router_outputs(
                 "routed_at": now,
                 "router": info,
             }
+            if batch.dropped[i] >= 0:  # matched a queue over its budget
+                item["dropped"] = dropped_info(batch, i)
             value = dumps(item)
             if len(value) > max_bytes:
                 error = too_large("accepted item", len(value), limits)
@@ -355,4 +370,8 @@ def replay_record(batch: BatchDecisions, i: int) -> dict[str, Any]:
         rec["queue"] = batch.queue_name(i)
     rec["reasons"] = batch.reasons(i) if batch.queue[i] >= 0 else []
     rec["scores"] = batch.score_dict(i)
+    if batch.queue[i] >= 0:
+        rec["priority"] = float(batch.priority[i])
+    elif batch.dropped[i] >= 0:
+        rec["dropped"] = dropped_info(batch, i)
     return rec

@@ -4,6 +4,7 @@ Grammar (YAML mappings, nestable)::
 
     <score>_below: 0.7          # score < 0.7      (scores: see uncertainty.SCORE_NAMES)
     <score>_above: 0.3          # score > 0.3
+    <score>_below: {target_rate: 0.05, window: 10000}   # a live threshold (target_rate.py)
     flags_any: [pii, user_report]
     flags_all: [pii, user_report]
     model_in: [digits, fraud@3] # a bare name matches every version
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from hitl_router.errors import ConfigError
+from hitl_router.router.target_rate import TargetRate, parse_target_rate
 from hitl_router.router.uncertainty import SCORE_NAMES
 
 _NEGATED_OP = {"<": ">=", ">": "<=", "any_of": "none_of", "all_of": "not_all_of", "in": "not_in"}
@@ -45,7 +47,7 @@ class Leaf:
     key: str
     metric: str
     base_op: str
-    threshold: float | tuple[str, ...]
+    threshold: float | tuple[str, ...] | TargetRate
     negated: bool = False
 
     @property
@@ -77,6 +79,8 @@ class BatchContext:
     scores: Mapping[str, np.ndarray]
     flags: Sequence[Sequence[str]]
     models: Sequence[str]
+    #: the threshold in force for this batch of each target-rate leaf
+    live: Mapping[TargetRate, float] = field(default_factory=dict)
     _model_cache: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
 
 
@@ -121,8 +125,12 @@ def _parse_item(name: str, value: Any, key: str, negate: bool) -> Node:
                 raise ConfigError(
                     key, f"unknown score '{score}'; scores are {', '.join(SCORE_NAMES)}"
                 )
+            if isinstance(value, Mapping):
+                return Leaf(name, score, op, parse_target_rate(value, key, op == ">"), negate)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(key, f"threshold must be a number, got {value!r}")
+                raise ConfigError(
+                    key, f"threshold must be a number or {{target_rate: r}}, got {value!r}"
+                )
             if not np.isfinite(value):
                 raise ConfigError(key, "threshold must be finite")
             return Leaf(name, score, op, float(value), negate)
@@ -177,12 +185,15 @@ def _leaf(leaf: Leaf, ctx: BatchContext) -> np.ndarray:
         base = _model_in(leaf.threshold, ctx)  # type: ignore[arg-type]
     else:
         values = ctx.scores.get(leaf.metric)
+        threshold = leaf.threshold
+        if isinstance(threshold, TargetRate):
+            threshold = ctx.live.get(threshold, float("nan"))
         if values is None:
             base = np.zeros(n, dtype=bool)
         elif leaf.base_op == "<":
-            base = values < leaf.threshold
+            base = values < threshold
         else:
-            base = values > leaf.threshold
+            base = values > threshold
     return ~base if leaf.negated else base
 
 

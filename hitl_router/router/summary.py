@@ -36,6 +36,15 @@ class Summary:
         #: labelled eval-sample rows (the honest measure) and every labelled row
         self.eval_set = LabelledSet(policy.config)
         self.all_set = LabelledSet(policy.config)
+        #: with load control (budgets, target rates): per queue, review items and items
+        #: dropped over budget per minute of ``ts``, and each target-rate threshold at
+        #: the end of each minute
+        self.load = bool(policy.budgets or policy.targets)
+        self.per_minute: dict[str, Counter[int]] = {q.name: Counter() for q in policy.queues}
+        self.dropped_per_minute: dict[str, Counter[int]] = {
+            q.name: Counter() for q in policy.queues
+        }
+        self.thresholds: dict[str, dict[int, float]] = {}
 
     def add(self, batch: BatchDecisions) -> None:
         counts = np.bincount(batch.fate, minlength=len(FATES))
@@ -45,6 +54,8 @@ class Summary:
             self.queues[self.policy.queues[int(q)].name] += 1
         for err in batch.errors.values():
             self.error_codes[err.code] += 1
+        if self.load:
+            self._add_load(batch)
         for i, doc in enumerate(batch.docs):
             if doc is None or "label" not in doc:
                 continue
@@ -55,6 +66,44 @@ class Summary:
             self.all_set.add(doc, doc["label"])
             if batch.fate[i] == EVAL:
                 self.eval_set.add(doc, doc["label"])
+
+    def _add_load(self, batch: BatchDecisions) -> None:
+        queues = self.policy.queues
+        minute = None
+        for i, doc in enumerate(batch.docs):
+            ts = doc.get("ts") if doc is not None else None
+            if ts is None:
+                continue
+            minute = int(ts // 60)
+            if batch.fate[i] == REVIEW:
+                self.per_minute[queues[int(batch.queue[i])].name][minute] += 1
+            elif batch.dropped[i] >= 0:
+                self.dropped_per_minute[queues[int(batch.dropped[i])].name][minute] += 1
+        if minute is not None:
+            for queue, leaf, target, _ in self.policy.targets:
+                if target in batch.live:
+                    key = f"{queue}/{leaf.rule}"
+                    self.thresholds.setdefault(key, {})[minute] = batch.live[target]
+
+    def _load_report(self) -> dict[str, Any]:
+        """Per queue: review items and items dropped per minute (unix minute of ``ts`` →
+        count), and each target-rate threshold at the end of each minute."""
+        out: dict[str, Any] = {}
+        for q in self.policy.queues:
+            out[q.name] = {
+                "per_minute": {str(m): c for m, c in sorted(self.per_minute[q.name].items())},
+                "dropped": sum(self.dropped_per_minute[q.name].values()),
+                "dropped_per_minute": {
+                    str(m): c for m, c in sorted(self.dropped_per_minute[q.name].items())
+                },
+                "budget": q.budget.describe() if q.budget else None,
+            }
+        return {
+            "queues": out,
+            "thresholds": {
+                k: {str(m): v for m, v in sorted(per.items())} for k, per in self.thresholds.items()
+            },
+        }
 
     def report(self) -> dict[str, Any]:
         total = sum(self.fates.values())
@@ -68,6 +117,8 @@ class Summary:
             "eval_rate": _ratio(self.fates["eval"], valid),
             "deadletter_codes": dict(self.error_codes),
         }
+        if self.load:
+            out["load"] = self._load_report()
         n_labelled = sum(self.labelled.values())
         if n_labelled:
             errors = sum(self.label_errors.values())

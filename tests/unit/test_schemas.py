@@ -645,7 +645,7 @@ def test_schemas_refuse_broken_outputs() -> None:
     assert review.is_valid(item)
     broken = [
         {**item, "reasons": []},
-        {**item, "priority": 1.5},
+        {**item, "priority": "high"},
         {**item, "temperature": 0},
         {**item, "extra": 1},
         {**item, "scores": {**item["scores"], "ensemble_kl": 0.1}},  # without vote_entropy, bald

@@ -1,0 +1,101 @@
+"""Load control on the real local Kafka with two routing workers: a budget is the
+group's (each worker spends the share its partitions give it), the queue keeps
+high-priority items, and every review record carries its priority as a header."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import orjson
+import pytest
+
+from hitl_router.router.eval_sampler import EvalSampler
+from hitl_router.simulate import Simulator
+from tests.conftest import free_port
+from tests.integration.faults import wait_members
+from tests.integration.helpers import drain, produce, running_worker, scrape, total, write_config
+
+pytestmark = pytest.mark.kafka
+BUDGET = 20  # per minute, for the group
+MINUTES = 3  # the predictions' ts span three minutes
+
+
+def _wait_log(path, text: str, n: int = 1, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.read_text(errors="replace").count(text) >= n:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} not in {path} after {timeout:.0f} s")
+
+
+def test_two_workers_spend_one_budget_on_the_highest_priorities(kafka_bootstrap, tmp_path):
+    cfg_path = tmp_path / "load.yaml"
+    cfg = write_config(
+        cfg_path,
+        kafka_bootstrap,
+        kafka={"partitions": 4},
+        eval_sample={"rate": 0.05, "salt": "load"},
+        queues=[
+            {
+                "name": "uncertain",
+                "topic": f"review-load-{time.time_ns()}",
+                "when": {"max_prob_below": 0.999},
+                "budget": {"items": BUDGET, "per": "minute"},
+            }
+        ],
+    )
+    topic, group = cfg["queues"][0]["topic"], cfg["kafka"]["group_id"]
+    start = time.time() // 60 * 60 - 600  # ten minutes ago, on a minute boundary
+    n = 900
+    sim = Simulator(seed=17, flag_rate=0.0, id_prefix="ld")
+    docs = [orjson.loads(r) for r in sim.messages(n)]
+    for k, doc in enumerate(docs):
+        doc["ts"] = start + k * MINUTES * 60 / n  # ~300 candidates a minute
+    raws = [orjson.dumps(d) for d in docs]
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    ports = [free_port(), free_port()]
+    with (
+        running_worker(cfg_path, ports[0], log=logs[0]),
+        running_worker(cfg_path, ports[1], log=logs[1]),
+    ):
+        wait_members(kafka_bootstrap, group, 2)
+        for log in logs:  # each holds half of the partitions: half of the budget
+            _wait_log(log, "budgets: this worker holds 2 of 4 partitions")
+        produce(
+            kafka_bootstrap, cfg["topics"]["predictions"], raws, [d["id"].encode() for d in docs]
+        )
+        # every prediction decided (the routers count the valid ones), then the review
+        # topic read until the items they say they routed
+        deadline = time.time() + 60
+        while sum(total(scrape(p), "hitl_predictions_total") for p in ports) < n:
+            assert time.time() < deadline, "not every prediction decided in 60 s"
+            time.sleep(0.5)
+        metrics = [scrape(p) for p in ports]
+        reviewed = sum(
+            total(m, "hitl_decisions_total", fate="review", queue="uncertain") for m in metrics
+        )
+        records = drain(kafka_bootstrap, [topic], until=int(reviewed), timeout=60, idle=1)
+    # 10 a minute per worker, the group's 20: never more, and within 10% of it
+    per_minute = Counter(int(orjson.loads(r.value)["prediction"]["ts"] // 60) for r in records)
+    assert sorted(per_minute) == [int(start // 60) + m for m in range(MINUTES)], per_minute
+    # per minute of ts (an item of a partition behind counts in the worker's current
+    # minute, so a minute can show one more and the next one less)
+    assert all(0.9 * BUDGET <= c <= 1.1 * BUDGET for c in per_minute.values()), per_minute
+    assert len(records) <= BUDGET * MINUTES
+    items = [orjson.loads(r.value) for r in records]
+    for r, item in zip(records, items, strict=True):
+        assert dict(r.headers)["priority"] == repr(item["priority"]).encode()
+    # the kept are the uncertain ones: far above the median priority of the candidates
+    candidates = [1 - max(d["probs"]) for d in docs]
+    assert np.median([i["priority"] for i in items]) > np.quantile(candidates, 0.8)
+    quota = sum(total(m, "hitl_budget_quota", queue="uncertain") for m in metrics)
+    used = sum(total(m, "hitl_budget_used", queue="uncertain") for m in metrics)
+    dropped = sum(total(m, "hitl_budget_dropped_total", queue="uncertain") for m in metrics)
+    assert quota == BUDGET and reviewed == len(records)
+    assert 0.9 * BUDGET <= used <= BUDGET  # in the last minute
+    drawn = EvalSampler(0.05, "load").draw([d["id"] for d in docs]).tolist()
+    matched = sum(1 for d, e in zip(docs, drawn, strict=True) if max(d["probs"]) < 0.999 and not e)
+    assert dropped == matched - reviewed
