@@ -83,6 +83,16 @@ class FeedbackMetrics:
         self.ece_calibrated = g(
             "hitl_ece_calibrated", "ECE at the temperature in use, on the eval window.", "model"
         )
+        self.ece_calibrated_lower = g(
+            "hitl_ece_calibrated_lower",
+            "Lower end of the 95% bootstrap interval of hitl_ece_calibrated.",
+            "model",
+        )
+        self.ece_calibrated_upper = g(
+            "hitl_ece_calibrated_upper",
+            "Upper end of the 95% bootstrap interval of hitl_ece_calibrated.",
+            "model",
+        )
         self.ece_equal_mass = g(
             "hitl_ece_equal_mass", "Top-label ECE over 15 equal-mass bins.", "model", "stage"
         )
@@ -126,6 +136,8 @@ class FeedbackMetrics:
             (self.accuracy_upper, (m,), r["accuracy_upper"]),
             (self.ece, (m,), r["ece"]),
             (self.ece_calibrated, (m,), now["ece"]),
+            (self.ece_calibrated_lower, (m,), now.get("ece_lower")),
+            (self.ece_calibrated_upper, (m,), now.get("ece_upper")),
             (self.ece_equal_mass, (m, "raw"), r["ece_equal_mass"]),
             (self.ece_equal_mass, (m, "calibrated"), now["ece_equal_mass"]),
             (self.brier, (m, "raw"), r["brier"]),

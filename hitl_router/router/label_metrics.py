@@ -88,9 +88,12 @@ def assess(
     t_now = np.asarray(current_temperature, dtype=np.float64)
     current = cal.scaled(p, t_now if t_now.ndim == 0 else t_now[:, None]) if n else p
     current_nll = cal.nll(current, y) if n else math.nan
+    ece_lower, ece_upper = cal.ece_interval(current, y) if n else (None, None)
     out["current"] = {
         "temperature": float(t_now) if t_now.ndim == 0 else None,
         **_measures(current, y, ""),
+        "ece_lower": ece_lower,
+        "ece_upper": ece_upper,
         "nll": _num(current_nll),
     }
     folds = fold_of(ids)

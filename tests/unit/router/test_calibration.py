@@ -65,6 +65,33 @@ def test_measures_equal_independent_computations(seed):
     assert cal.accuracy(p, y) == pytest.approx(np.mean(p.argmax(1) == y))
 
 
+def test_ece_interval_is_a_percentile_bootstrap_of_the_loop_ece():
+    """The batched statistic equals the reference loop on every resample, and the
+    interval equals a plain percentile bootstrap with the same number of resamples
+    (different draws: within Monte Carlo error)."""
+    p, y = _random_set(11, n=300)
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, len(y), size=(50, len(y)))
+    conf, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
+    batched = cal._batched_ece(conf[draws], correct[draws], bins=15)
+    loop = [_ece_loop(p[d], y[d]) for d in draws]
+    assert batched == pytest.approx(loop)
+    lo, hi = cal.ece_interval(p, y, n_resamples=2000)
+    manual = [
+        _ece_loop(p[d], y[d])
+        for d in np.random.default_rng(1).integers(0, len(y), size=(2000, len(y)))
+    ]
+    want_lo, want_hi = np.percentile(manual, [2.5, 97.5])
+    assert lo == pytest.approx(want_lo, abs=0.01) and hi == pytest.approx(want_hi, abs=0.01)
+    assert lo < cal.ece(p, y) < hi
+    assert cal.ece_interval(p, y) == cal.ece_interval(p, y)  # seeded
+    # four times the labels: about half as wide
+    p4, y4 = np.tile(p, (4, 1)), np.tile(y, 4)
+    lo4, hi4 = cal.ece_interval(p4, y4)
+    assert 0.35 < (hi4 - lo4) / (hi - lo) < 0.7
+    assert cal.ece_interval(p[:1], y[:1]) == (None, None)
+
+
 def test_ece_bins_are_left_open_right_closed():
     # confidence exactly 0.8 belongs to (0.7333, 0.8]; with 0.81 (next bin) the two
     # items would be scored apart
