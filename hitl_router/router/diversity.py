@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hitl_router.errors import ConfigError
+from hitl_router.router.ring import Ring
 
 #: items per window of the class-mix entropy (queues and the stream)
 ENTROPY_WINDOW = 1000
@@ -133,29 +134,21 @@ class DiversityCap:
 
 class ClassMix:
     """The predicted classes (indices) of the last ``size`` items, and their entropy
-    (nats): a ring buffer, counted with ``numpy.bincount`` when asked."""
+    (nats), counted with ``numpy.bincount`` when asked."""
 
     def __init__(self, size: int = ENTROPY_WINDOW) -> None:
-        self.buf = np.zeros(size, dtype=np.int64)
-        self.size = size
-        self.count = 0
-        self.head = 0
+        self.ring = Ring(size, np.int64)
+
+    @property
+    def count(self) -> int:
+        return self.ring.count
 
     def add(self, classes: np.ndarray) -> None:
-        classes = np.asarray(classes, dtype=np.int64)[-self.size :]
-        end = self.head + len(classes)
-        if end <= self.size:
-            self.buf[self.head : end] = classes
-        else:
-            cut = self.size - self.head
-            self.buf[self.head :] = classes[:cut]
-            self.buf[: end - self.size] = classes[cut:]
-        self.head = end % self.size
-        self.count = min(self.size, self.count + len(classes))
+        self.ring.extend(np.asarray(classes, dtype=np.int64))
 
     def entropy(self) -> float:
-        if not self.count:
+        if not self.ring.count:
             return float("nan")
-        counts = np.bincount(self.buf[: self.count])
-        p = counts[counts > 0] / self.count
+        counts = np.bincount(self.ring.held())
+        p = counts[counts > 0] / self.ring.count
         return float(-(p * np.log(p)).sum())

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from hitl_router.errors import ConfigError
+from hitl_router.router.ring import Ring
 
 DEFAULT_WINDOW = 10_000
 
@@ -72,40 +73,26 @@ def parse_target_rate(value: Mapping[str, Any], key: str, above: bool) -> Target
 
 
 class SlidingQuantile:
-    """The last ``size`` finite values, in a ring buffer, and their exact quantiles."""
+    """The last ``size`` finite values and their exact quantiles."""
 
-    __slots__ = ("buf", "size", "count", "head")
+    __slots__ = ("ring",)
 
     def __init__(self, size: int) -> None:
-        self.buf = np.empty(size)
-        self.size = size
-        self.count = 0  # values held (≤ size)
-        self.head = 0  # where the next value goes
+        self.ring = Ring(size)
+
+    @property
+    def count(self) -> int:
+        return self.ring.count
 
     def update(self, values: np.ndarray) -> None:
-        values = values[~np.isnan(values)]
-        if len(values) >= self.size:
-            self.buf[:] = values[-self.size :]
-            self.count, self.head = self.size, 0
-            return
-        end = self.head + len(values)
-        if end <= self.size:
-            self.buf[self.head : end] = values
-        else:
-            cut = self.size - self.head
-            self.buf[self.head :] = values[:cut]
-            self.buf[: end - self.size] = values[cut:]
-        self.head = end % self.size
-        self.count = min(self.size, self.count + len(values))
+        self.ring.extend(values[~np.isnan(values)])
 
     def values(self) -> np.ndarray:
         """The values held, oldest first."""
-        if self.count < self.size:
-            return self.buf[: self.count].copy()
-        return np.concatenate([self.buf[self.head :], self.buf[: self.head]])
+        return self.ring.ordered()
 
     def quantile(self, q: float) -> float:
         """The ``q`` quantile of the values held (NaN when there are none)."""
-        if not self.count:
+        if not self.ring.count:
             return float("nan")
-        return float(np.quantile(self.buf[: self.count], q))
+        return float(np.quantile(self.ring.held(), q))

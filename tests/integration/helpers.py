@@ -165,6 +165,14 @@ def wait_metrics(
             time.sleep(0.3)
 
 
+def stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Terminate the workers still running, and wait for each (30 s)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 @contextlib.contextmanager
 def running_worker(
     config_path: Path, metrics_port: int, *extra: str, log: Path | None = None

@@ -18,13 +18,22 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from hitl_router.agents.label_join import JOIN_TABLE
 from hitl_router.review_team import ReviewTeam
 from hitl_router.simulate import Simulator
 from tests.conftest import free_port
 from tests.integration.faults import wait_members
-from tests.integration.helpers import drain, produce, scrape, start_worker, total, wait_metrics
+from tests.integration.helpers import (
+    drain,
+    produce,
+    scrape,
+    start_worker,
+    stop,
+    total,
+    wait_metrics,
+)
 from tests.integration.test_labels_loop import MODEL, _config, _explain, _send_labels, _sum, _until
 
 pytestmark = pytest.mark.kafka
@@ -73,6 +82,9 @@ def _trickle(bootstrap: str, topic: str, docs: list[dict[str, Any]], chunks: int
 def test_label_workers_killed_before_and_during_labels_lose_none(kafka_bootstrap, tmp_path):
     cfg_path = tmp_path / "kill.yaml"
     cfg = _config(cfg_path, kafka_bootstrap)
+    # the shortest session Kafka allows: a dead worker's partitions move sooner
+    cfg["worker"] = {**cfg["worker"], "session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     t, group = cfg["topics"], cfg["kafka"]["group_id"] + "-labels"
     review_topic = cfg["queues"][0]["topic"]
     raws = list(Simulator(seed=13, flag_rate=0.0, sharpen=0.2, id_prefix="k").messages(1000))
@@ -155,7 +167,4 @@ def test_label_workers_killed_before_and_during_labels_lose_none(kafka_bootstrap
         for proc in (procs[1], router):
             assert proc.poll() is None, "a worker died"
     finally:
-        for proc in [*procs, router]:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        stop([*procs, router])

@@ -19,7 +19,15 @@ from hitl_router.router.partitioning import partitions_of
 from hitl_router.simulate import Simulator
 from tests.conftest import free_port
 from tests.integration.faults import replay_fates, wait_members
-from tests.integration.helpers import drain, produce, scrape, start_worker, total, wait_metrics
+from tests.integration.helpers import (
+    drain,
+    produce,
+    scrape,
+    start_worker,
+    stop,
+    total,
+    wait_metrics,
+)
 
 pytestmark = pytest.mark.kafka
 MODEL = "digits-committee"
@@ -237,7 +245,4 @@ def test_labels_join_measure_and_calibrate_with_two_label_workers(kafka_bootstra
         for proc in [*procs, router]:
             assert proc.poll() is None, "a worker died"
     finally:
-        for proc in [*procs, router]:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=30)
+        stop([*procs, router])

@@ -20,6 +20,7 @@ from tests.integration.helpers import drain, produce, running_worker, scrape, to
 pytestmark = pytest.mark.kafka
 BUDGET = 20  # per minute, for the group
 MINUTES = 3  # the predictions' ts span three minutes
+RATE = 0.05
 
 
 def _wait_log(path, text: str, n: int = 1, timeout: float = 60) -> None:
@@ -39,15 +40,22 @@ def test_two_workers_spend_one_budget_on_the_highest_priorities(kafka_bootstrap,
         kafka={"partitions": 4},
         eval_sample={"rate": 0.05, "salt": "load"},
         queues=[
+            {  # ~5% of the stream, whatever the model's confidence; no class over 30%
+                "name": "rare",
+                "topic": f"review-rare-{time.time_ns()}",
+                "when": {"margin_below": {"target_rate": RATE, "window": 300}},
+                "diversity": {"max_share": 0.3, "window": 10},
+            },
             {
                 "name": "uncertain",
                 "topic": f"review-load-{time.time_ns()}",
                 "when": {"max_prob_below": 0.999},
                 "budget": {"items": BUDGET, "per": "minute"},
-            }
+            },
         ],
     )
-    topic, group = cfg["queues"][0]["topic"], cfg["kafka"]["group_id"]
+    rare_topic, topic = cfg["queues"][0]["topic"], cfg["queues"][1]["topic"]
+    group = cfg["kafka"]["group_id"]
     start = time.time() // 60 * 60 - 600  # ten minutes ago, on a minute boundary
     n = 900
     sim = Simulator(seed=17, flag_rate=0.0, id_prefix="ld")
@@ -78,6 +86,8 @@ def test_two_workers_spend_one_budget_on_the_highest_priorities(kafka_bootstrap,
             total(m, "hitl_decisions_total", fate="review", queue="uncertain") for m in metrics
         )
         records = drain(kafka_bootstrap, [topic], until=int(reviewed), timeout=60, idle=1)
+        rare_n = sum(total(m, "hitl_decisions_total", fate="review", queue="rare") for m in metrics)
+        rare = drain(kafka_bootstrap, [rare_topic], until=int(rare_n), timeout=60, idle=1)
     # 10 a minute per worker, the group's 20: never more, and within 10% of it
     per_minute = Counter(int(orjson.loads(r.value)["prediction"]["ts"] // 60) for r in records)
     assert sorted(per_minute) == [int(start // 60) + m for m in range(MINUTES)], per_minute
@@ -97,5 +107,16 @@ def test_two_workers_spend_one_budget_on_the_highest_priorities(kafka_bootstrap,
     assert quota == BUDGET and reviewed == len(records)
     assert 0.9 * BUDGET <= used <= BUDGET  # in the last minute
     drawn = EvalSampler(0.05, "load").draw([d["id"] for d in docs]).tolist()
+    judged = len(docs) - sum(drawn)  # what the rules looked at
     matched = sum(1 for d, e in zip(docs, drawn, strict=True) if max(d["probs"]) < 0.999 and not e)
-    assert dropped == matched - reviewed
+    capped = sum(total(m, "hitl_diversity_dropped_total", queue="rare") for m in metrics)
+    # the target rate: ~5% of what the rules judged (±20%), routed or capped
+    assert RATE * 0.8 <= (rare_n + capped) / judged <= RATE * 1.2, (rare_n, capped, judged)
+    assert len(rare) == rare_n and capped > 0
+    for m in metrics:
+        assert 0 < total(m, "hitl_rule_threshold", queue="rare", rule="margin_below") < 0.5
+    # the cap: per worker no class over 3 in any 10 taken, so over both about 30%
+    classes = Counter(np.argmax(orjson.loads(r.value)["prediction"]["probs"]) for r in rare)
+    assert max(classes.values()) <= 0.3 * rare_n + 3, classes
+    # every prediction that matched the budgeted queue's rule went one of four ways
+    assert rare_n + capped + reviewed + dropped == matched
