@@ -46,6 +46,7 @@ class Setup:
     timeout: float
     broker_pid: int | None
     py_spy: bool = False  # run the router contender under py-spy (--py-spy)
+    load_control: bool = False  # the router's queues with LOAD_CONTROL (--load-control)
 
     @property
     def count(self) -> int:
@@ -57,7 +58,26 @@ class Setup:
         return {**os.environ, "TMPDIR": str(self.tmp), "PYTHONUNBUFFERED": "1"}
 
 
+#: --load-control: what each queue gets (issue #11), on the benchmark's own queues
+LOAD_CONTROL: dict[str, dict[str, Any]] = {
+    "flagged": {"priority": 10},
+    "disagreement": {
+        "when": {"ensemble_kl_above": {"target_rate": 0.1, "window": 10000}},
+        "priority": {"ensemble_kl": 1.0, "entropy_norm": 0.5},
+        "diversity": {"max_share": 0.3, "window": 500},
+    },
+    "uncertain": {"budget": {"items": 3000, "per": "minute"}},
+}
+
+
 def router_config(setup: Setup, name: str, input_topic: str | None = None) -> dict[str, Any]:
+    config = _router_config(setup, name, input_topic)
+    if setup.load_control:
+        config["queues"] = [{**q, **LOAD_CONTROL.get(q["name"], {})} for q in config["queues"]]
+    return config
+
+
+def _router_config(setup: Setup, name: str, input_topic: str | None) -> dict[str, Any]:
     t = f"{name}-{setup.tag}"
     return {
         "kafka": {

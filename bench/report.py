@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 TARGETS = (
     ("router_over_ceiling", ">=", 0.8, "router ≥ 0.8 × ceiling"),
     ("router_over_peer", ">=", 3.0, "router ≥ 3 × peer"),
@@ -293,6 +295,36 @@ def _md_scale(results: Result) -> list[str]:
     ]
 
 
+LOAD_CONTROL = Path(__file__).with_name("results") / "load_control.json"
+
+
+def md_load_control(path: Path = LOAD_CONTROL) -> list[str]:
+    """The section of the last ``--load-control`` run (its own file: a full run keeps it)."""
+    if not path.exists():
+        return []
+    r = orjson.loads(path.read_bytes())
+    derive(r)
+    ratio = r.get("ratios", {}).get("router_over_ceiling")
+    src = r.get("source", {})
+    return [
+        "## Load control (issue #11)",
+        "",
+        "The router with `bench.contenders.LOAD_CONTROL` on its queues: priorities on two, a "
+        "10% target rate and a diversity cap on `disagreement`, a budget of 3,000 a minute "
+        "on `uncertain` (most of its items pass over budget). Measured by "
+        f"`{r.get('command')}` at {r.get('started_at')}, commit `{src.get('commit')}`"
+        f"{' plus uncommitted changes' if src.get('hitl_router_uncommitted_changes') else ''}; "
+        "its own ceiling, in the same run:",
+        "",
+        *_md_table(HEADERS, throughput_rows(r)),
+        f"router / ceiling = **{_num(ratio, '.2f')}** with load control (target ≥ 0.8; dedup "
+        "is not built yet). In a py-spy profile of this config (`--load-control --py-spy`), "
+        "the load-control code (budget, target rate, diversity, priorities, event times) "
+        "took 3–4% of the router's samples.",
+        "",
+    ]
+
+
 def markdown(results: Result) -> str:
     parts = _md_header(results)
     parts += ["## Results", "", *_md_table(HEADERS, throughput_rows(results))]
@@ -307,6 +339,7 @@ def markdown(results: Result) -> str:
     if results.get("scale"):
         parts += _md_scale(results)
     parts += _md_drift(results)
+    parts += md_load_control()
     parts += _md_targets(results)
     settings = [[f"`{k}`", f"`{v}`"] for k, v in results.get("worker_settings", {}).items()]
     parts += [

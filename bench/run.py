@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch directory and logs")
     p.add_argument(
+        "--load-control",
+        action="store_true",
+        help="the router's config with load control on (bench.contenders.LOAD_CONTROL: "
+        "priorities, a target rate, a budget, a diversity cap); BENCHMARKS.md is not written",
+    )
+    p.add_argument(
         "--py-spy",
         action="store_true",
         help="profile the router contender with py-spy and print where its samples went "
@@ -256,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             broker_pid=broker_pid,
             py_spy=args.py_spy,
+            load_control=args.load_control,
         )
         asyncio.run(run_all(args, setup, results))
     except KeyboardInterrupt:
@@ -289,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"router profile ({profile['raw']}), shares of active samples:")
         for stage, share in (profile.get("stages") or {}).items():
             print(f"  {stage:28s} {share:6.1%}")
-    complete = not args.quick and not args.skip and not args.py_spy
-    path = args.results or (RESULTS if complete else PARTIAL)
+    complete = not args.quick and not args.skip and not args.py_spy and not args.load_control
+    path = args.results or (
+        RESULTS if complete else report.LOAD_CONTROL if args.load_control else PARTIAL
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"results: {path}")

@@ -14,7 +14,7 @@ from hitl_router.metrics import RouterMetrics
 from hitl_router.router.budget import BudgetSpec, BudgetState
 from hitl_router.router.config import parse_config
 from hitl_router.router.decision import PASS, REVIEW, Policy, decide_batch
-from hitl_router.router.outputs import router_outputs
+from hitl_router.router.outputs import replay_record, router_outputs
 from hitl_router.router.partitioning import partitions_of
 
 RATES = [100] * 4 + [1000] * 3 + [100] * 3  # candidates per minute: a 10× burst
@@ -122,7 +122,8 @@ def test_the_queue_keeps_the_most_uncertain_and_the_rest_pass_with_their_reason(
     outputs = {
         o.key.decode(): orjson.loads(o.value) for o in router_outputs(batch, batch.raws, None, 1.0)
     }
-    why = outputs["b3"]["dropped"]
+    assert outputs["b3"]["dropped"] == {"queue": "u", "reason": "budget"}
+    why = replay_record(batch, 3)["dropped"]  # replay's line: with the rules that fired
     assert why["queue"] == "u" and why["reason"] == "budget"
     assert why["reasons"][0]["rule"] == "max_prob_below" and why["reasons"][0]["value"] == 0.7
     assert "dropped" not in outputs["b4"]  # matched nothing
