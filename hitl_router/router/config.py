@@ -26,6 +26,7 @@ import yaml
 
 from hitl_router.errors import ConfigError
 from hitl_router.router.budget import BudgetSpec, parse_budget
+from hitl_router.router.dedup import DedupSpec, parse_dedup
 from hitl_router.router.diversity import DiversitySpec, parse_diversity
 from hitl_router.router.kafka_security import SecurityConfig, parse_security
 from hitl_router.router.priority import DEFAULT_PRIORITY, PrioritySpec, parse_priority
@@ -236,6 +237,8 @@ class Config:
     metrics: MetricsConfig
     worker: WorkerConfig
     config_hash: str
+    #: an id routed to review is not routed again within the retention (router/dedup.py)
+    dedup: DedupSpec | None = None
 
     def review_topics(self) -> list[str]:
         return [q.topic for q in self.queues]
@@ -279,6 +282,8 @@ class Config:
             }
             for q in self.queues
         ]
+        if self.dedup is not None:  # no block: hashes of older configs hold
+            out["dedup"] = asdict(self.dedup)
         out["config_hash"] = self.config_hash
         return out
 
@@ -313,6 +318,7 @@ def parse_config(data: Any) -> Config:
             "drift",
             "metrics",
             "worker",
+            "dedup",
         },
     )
     kafka = _section(root, "kafka", KafkaConfig, nested={"security": parse_security})
@@ -352,6 +358,7 @@ def parse_config(data: Any) -> Config:
         metrics=metrics,
         worker=worker,
         config_hash="",
+        dedup=parse_dedup(root["dedup"]) if root.get("dedup") is not None else None,
     )
     digest = hashlib.sha256(orjson.dumps(cfg.describe(), option=orjson.OPT_SORT_KEYS))
     return replace(cfg, config_hash=digest.hexdigest()[:12])

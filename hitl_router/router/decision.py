@@ -25,6 +25,7 @@ import numpy as np
 
 from hitl_router.router.budget import BudgetState
 from hitl_router.router.config import Config, QueueConfig
+from hitl_router.router.dedup import RoutedIds
 from hitl_router.router.diversity import ClassMix, DiversityCap
 from hitl_router.router.eval_sampler import EvalSampler
 from hitl_router.router.priority import priorities
@@ -42,15 +43,17 @@ from hitl_router.router.validation import ErrorInfo, ParsedBatch, parse_batch
 DEADLETTER, EVAL, REVIEW, PASS = 0, 1, 2, 3
 FATES = ("deadletter", "eval", "review", "pass")
 #: why an item that matched a queue passed: the queue's budget, its diversity cap
-BUDGET, DIVERSITY = 1, 2
-DROP_REASONS = ("", "budget", "diversity")
+BUDGET, DIVERSITY, DUPLICATE = 1, 2, 3
+DROP_REASONS = ("", "budget", "diversity", "duplicate")
 
 
 class Policy:
     """A config made ready to decide: the sampler, the compiled rules and the temperatures
     in use (the config's, updated live by accepted fits)."""
 
-    def __init__(self, config: Config, temperatures: TemperatureBook | None = None) -> None:
+    def __init__(
+        self, config: Config, temperatures: TemperatureBook | None = None, partitions: int = 1
+    ) -> None:
         self.config = config
         self.sampler = EvalSampler(config.eval_sample.rate, config.eval_sample.salt)
         self.queues: tuple[QueueConfig, ...] = config.queues
@@ -72,6 +75,8 @@ class Policy:
         }
         #: the predicted-class mix of the stream (what the rules looked at) and of each
         #: queue (what it took), for their entropies
+        #: ids routed to review (dedup), per partition of the predictions topic
+        self.routed = RoutedIds(config.dedup, partitions) if config.dedup else None
         self.stream_mix = ClassMix()
         self.queue_mix = [ClassMix() for _ in self.queues]
 
@@ -107,6 +112,8 @@ class BatchDecisions:
     dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
     #: int8 (n,): why it was dropped (DROP_REASONS), where ``dropped`` >= 0
     drop_reason: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    #: dedup's changes, for the live table's changelog: (partition, id, time or None)
+    routed_changes: list[tuple[int, str, float | None]] = field(default_factory=list)
     _fired: dict[tuple[int, int], list[Leaf]] = field(default_factory=dict, init=False)
 
     @property
@@ -211,6 +218,7 @@ def decide_parsed(
     *,
     rules: bool = True,
     times: np.ndarray | None = None,
+    parts: np.ndarray | None = None,
 ) -> BatchDecisions:
     """:func:`decide_batch` for a batch already validated by ``parse_batch`` (so agents
     sharing a batch parse it once). ``times``: each row's time for budgets when its
@@ -234,6 +242,7 @@ def decide_parsed(
     dropped = np.full(n, -1, dtype=np.int16)
     drop_reason = np.zeros(n, dtype=np.int8)
     pred = np.zeros(n, dtype=np.int64)
+    routed_changes: list[tuple[int, str, float | None]] = []
     live: dict[TargetRate, float] = {}
     if rules:
         models = [d["model"] if d is not None else "" for d in parsed.docs]
@@ -271,8 +280,21 @@ def decide_parsed(
                 if rows.any():
                     picked = {k: v[rows] for k, v in all_scores.items()}
                     priority[rows] = priorities(qc.priority, picked, int(rows.sum()))
-            if policy.budgets and any_match.any():
+            at = None
+            if policy.routed is not None and any_match.any():  # routed before: passes
                 at = _event_times(parsed.docs, times)
+                part = parts if parts is not None else np.zeros(n, dtype=np.int64)
+                rows = np.flatnonzero(fate == REVIEW)
+                seen = policy.routed.seen([ids[i] for i in rows], at[rows], part[rows])
+                first: set[str] = set()
+                for j, i in enumerate(rows.tolist()):  # a copy in this batch: the first one
+                    seen[j] = seen[j] or ids[i] in first
+                    first.add(ids[i])
+                out = rows[seen]
+                dropped[out], drop_reason[out] = queue[out], DUPLICATE
+                fate[out], queue[out], priority[out] = PASS, -1, np.nan
+            if policy.budgets and any_match.any():
+                at = at if at is not None else _event_times(parsed.docs, times)
                 for q, state in policy.budgets.items():
                     rows = np.flatnonzero(queue == q)
                     if rows.size:
@@ -287,6 +309,13 @@ def decide_parsed(
                     out = [i for i, k in zip(rows, keys, strict=True) if not cap.admit(k)]
                     fate[out], queue[out], priority[out], dropped[out] = PASS, -1, np.nan, q
                     drop_reason[out] = DIVERSITY
+            if policy.routed is not None and at is not None:
+                part = parts if parts is not None else np.zeros(n, dtype=np.int64)
+                for i in np.flatnonzero(fate == REVIEW).tolist():
+                    p = int(part[i])
+                    routed_changes.append((p, ids[i], float(at[i])))
+                    for gone in policy.routed.record(ids[i], float(at[i]), p):
+                        routed_changes.append((p, gone, None))
             policy.stream_mix.add(pred[candidates])
             for q, mix in enumerate(policy.queue_mix):
                 taken = queue == q
@@ -307,6 +336,7 @@ def decide_parsed(
         live,
         dropped,
         drop_reason,
+        routed_changes,
     )
 
 

@@ -65,13 +65,17 @@ class RoutedIds:
         self.newest: dict[int, float] = {}
 
     def seen(
-        self, ids: Sequence[str], times: Sequence[float] | np.ndarray, parts: Sequence[int]
+        self,
+        ids: Sequence[str],
+        times: Sequence[float] | np.ndarray,
+        parts: Sequence[int] | np.ndarray,
     ) -> np.ndarray:
         """Which ids were routed within the retention before their time."""
         out = np.zeros(len(ids), dtype=bool)
         horizon = self.spec.retention_s
+        none: OrderedDict[str, float] = OrderedDict()
         for i, (pid, t, p) in enumerate(zip(ids, times, parts, strict=True)):
-            at = self.ids.get(int(p), {}).get(pid)
+            at = self.ids.get(int(p), none).get(pid)
             out[i] = at is not None and float(t) - at <= horizon
         return out
 
