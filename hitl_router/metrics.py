@@ -16,7 +16,15 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from hitl_router.router.decision import BUDGET, DEADLETTER, DIVERSITY, EVAL, FATES, BatchDecisions
+from hitl_router.router.decision import (
+    BUDGET,
+    DEADLETTER,
+    DIVERSITY,
+    DUPLICATE,
+    EVAL,
+    FATES,
+    BatchDecisions,
+)
 
 OTHER_MODEL = "other"
 LATENCY_BUCKETS = (
@@ -135,6 +143,13 @@ class RouterMetrics:
         self.diversity_dropped = Counter(
             "hitl_diversity_dropped",
             "Items that matched a queue whose diversity cap their key was at, and passed.",
+            ["queue"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "hitl_duplicates",
+            "Items that matched a queue but whose id was routed within dedup.retention_s "
+            "(a redelivery, a producer's retry, a copy): passed, per queue.",
             ["queue"],
             registry=registry,
         )
@@ -294,11 +309,12 @@ class RouterMetrics:
                     fired[leaf.rule] = fired.get(leaf.rule, 0) + 1
             for rule, c in fired.items():
                 self.rule_fired.labels(queue.name, rule).inc(c)
-        if batch.policy.budgets or batch.policy.diversity:
+        if batch.policy.budgets or batch.policy.diversity or batch.policy.routed is not None:
             at = batch.dropped >= 0
             for reason, counter in (
                 (BUDGET, self.budget_dropped),
                 (DIVERSITY, self.diversity_dropped),
+                (DUPLICATE, self.duplicates),
             ):
                 rows = batch.dropped[at & (batch.drop_reason == reason)]
                 for q, c in enumerate(np.bincount(rows, minlength=len(queues)).tolist()):

@@ -26,6 +26,7 @@ from hitl_router.agents.app import BATCH_AGENTS, group_id
 from hitl_router.agents.connection import describe, kafka_python_kwargs, ssl_context
 from hitl_router.agents.label_join import JOIN_TABLE
 from hitl_router.agents.label_windows import WINDOW_TABLE
+from hitl_router.agents.routed_table import ROUTED_TABLE
 from hitl_router.errors import ConfigError, KafkaAuthError, KafkaSetupError
 from hitl_router.router.config import Config, KafkaConfig
 
@@ -156,6 +157,8 @@ def check_access(config: Config, agents: Iterable[str], timeout_s: float = 15.0)
     if "labels" in agents:
         for table in (JOIN_TABLE, WINDOW_TABLE):
             needs[f"{group}-{table}-changelog"] = ("CREATE", "READ", "WRITE")
+    if config.dedup is not None and "router" in agents:
+        needs[f"{group}-{ROUTED_TABLE}-changelog"] = ("CREATE", "READ", "WRITE")
     ms = int(timeout_s * 1000)
     try:
         admin = KafkaAdminClient(

@@ -40,6 +40,7 @@ from hitl_router.agents.handling import batch_agent
 from hitl_router.agents.label_join import LabelJoiner
 from hitl_router.agents.label_windows import WindowKeeper
 from hitl_router.agents.publishing import BatchPublisher
+from hitl_router.agents.routed_table import RoutedTable
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import OUTPUT_FRAMING_BYTES, Config, WorkerConfig
@@ -195,7 +196,7 @@ def build_app(
     app.hitl_health = health.install(app)  # type: ignore[attr-defined]
     metrics = RouterMetrics(registry, config.metrics.max_models, config.metrics.models)
     feedback = FeedbackMetrics(registry, metrics.model_label)
-    policy = Policy(config)
+    policy = Policy(config, partitions=config.kafka.partitions)
     app.hitl_metrics = metrics  # type: ignore[attr-defined]
     app.hitl_feedback = feedback  # type: ignore[attr-defined]
     app.hitl_policy = policy  # type: ignore[attr-defined]
@@ -226,6 +227,12 @@ def build_app(
     deadletter, decisions = config.topics.deadletter, config.topics.decisions
     record_bytes = config.limits.max_output_bytes
 
+    routed = (
+        RoutedTable(app, config, policy)
+        if policy.routed is not None and "router" in agents
+        else None
+    )
+
     def route(batch: Batch) -> list[Awaitable[Any]]:
         decided = _decide(batch, policy, metrics, "router", rules=True)
         now = time.time()
@@ -234,7 +241,8 @@ def build_app(
         metrics.observe_router(decided, _prediction_times(decided, batch.messages), now)
         letters = sum(1 for o in outputs if o.topic == deadletter)
         metrics.observe_too_large(letters - len(decided.errors))
-        return publish(outputs)
+        durable = routed.write(decided) if routed is not None else []
+        return [*publish(outputs), *durable]
 
     def sample(batch: Batch) -> list[Awaitable[Any]]:
         decided = _decide(batch, policy, metrics, "sampler", rules=False)
@@ -401,10 +409,12 @@ def _decide(
         parsed = cache.get("parsed")
         if parsed is None:
             parsed = cache["parsed"] = parse_batch(raws, policy.config.limits)
-        times = None
-        if rules and policy.budgets:  # budgets cut periods on ts, else the Kafka time
+        times = parts = None
+        if rules and (policy.budgets or policy.routed is not None):  # on ts, else Kafka's
             times = np.fromiter((m.timestamp for m in batch.messages), np.float64) / 1000.0
-        decided = decide_parsed(parsed, policy, rules=rules, times=times)
+        if rules and policy.routed is not None:
+            parts = np.fromiter((m.partition for m in batch.messages), np.int64)
+        decided = decide_parsed(parsed, policy, rules=rules, times=times, parts=parts)
     except Exception:
         log.exception("%s: batch of %d failed; deciding one by one", agent, len(raws))
         metrics.agent_errors.labels(agent).inc()

@@ -96,6 +96,15 @@ def copartition_problem(config: Config, facts: Mapping[str, TopicFacts]) -> Conf
                 "kafka.partitions each (labels and decisions keyed by id must share a "
                 "partition number); set kafka.partitions to match, or recreate the topics",
             )
+    fact = facts.get(t.predictions)
+    if config.dedup is not None and fact is not None and fact.partitions != config.kafka.partitions:
+        return ConfigError(
+            "kafka.partitions",
+            f"topic '{t.predictions}' has {fact.partitions} partitions, not "
+            f"{config.kafka.partitions}: dedup keeps the routed ids in a table with "
+            "kafka.partitions partitions, one per partition of the predictions topic; set "
+            "kafka.partitions to match",
+        )
     return None
 
 

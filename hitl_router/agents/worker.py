@@ -22,6 +22,8 @@ import faust
 from hitl_router.agents import access, preflight, quiet_logs
 from hitl_router.agents.app import AGENTS, build_app, default_agents, group_id
 from hitl_router.agents.label_join import changelog_topics
+from hitl_router.agents.routed_table import ROUTED_TABLE
+from hitl_router.agents.routed_table import changelog_configs as routed_changelog_configs
 from hitl_router.agents.topics import admin_client, ensure_topics
 from hitl_router.errors import ConfigError
 from hitl_router.router.config import Config
@@ -113,8 +115,11 @@ def run_worker(
     access.authenticate(config.kafka)  # with kafka.security: log in once, clear errors
     if config.kafka.create_topics:
         configs = config.topic_configs()
+        group = group_id(config, sorted(chosen))
         if "labels" in chosen:
-            configs.update(changelog_topics(config, group_id(config, sorted(chosen))))
+            configs.update(changelog_topics(config, group))
+        if config.dedup is not None and "router" in chosen:  # created before Faust starts
+            configs[f"{group}-{ROUTED_TABLE}-changelog"] = routed_changelog_configs(config)
         ensure_topics(
             config.kafka.bootstrap_servers,
             [config.topics.predictions, config.topics.labels, *config.output_topics(), *configs],

@@ -120,3 +120,62 @@ def test_two_workers_spend_one_budget_on_the_highest_priorities(kafka_bootstrap,
     assert max(classes.values()) <= 0.3 * rare_n + 3, classes
     # every prediction that matched the budgeted queue's rule went one of four ways
     assert rare_n + capped + reviewed + dropped == matched
+
+
+def test_a_prediction_published_three_times_is_routed_once(kafka_bootstrap, tmp_path):
+    """Dedup over two workers: the same predictions (keyed by id) published three times,
+    and once more after a worker restarted (it recovers the routed ids from the table's
+    changelog): every review item once."""
+    cfg_path = tmp_path / "dedup.yaml"
+    cfg = write_config(
+        cfg_path,
+        kafka_bootstrap,
+        kafka={"partitions": 4},
+        eval_sample={"rate": 0.05, "salt": "dedup"},
+        dedup={"retention_s": 3600, "max_ids": 10000},
+    )
+    group = cfg["kafka"]["group_id"]
+    topics = [q["topic"] for q in cfg["queues"]]
+    docs = [orjson.loads(r) for r in Simulator(seed=23, id_prefix="dd").messages(400)]
+    raws, keys = [orjson.dumps(d) for d in docs], [d["id"].encode() for d in docs]
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    ports = [free_port(), free_port()]
+
+    def routed() -> float:
+        return sum(total(scrape(p), "hitl_decisions_total", fate="review") for p in ports)
+
+    def decided() -> float:
+        return sum(total(scrape(p), "hitl_predictions_total") for p in ports)
+
+    def wait(value, want: float) -> None:
+        deadline = time.time() + 60
+        while value() < want:
+            assert time.time() < deadline, f"{value.__name__}: {value()} < {want}"
+            time.sleep(0.5)
+
+    with running_worker(cfg_path, ports[0], log=logs[0]):
+        with running_worker(cfg_path, ports[1], log=logs[1]):
+            wait_members(kafka_bootstrap, group, 2)
+            for _ in range(3):
+                produce(kafka_bootstrap, cfg["topics"]["predictions"], raws, keys)
+            wait(decided, 3 * len(docs))
+            first = routed()
+            copies = sum(total(scrape(p), "hitl_duplicates_total") for p in ports)
+            assert copies == 2 * first  # each routed id's second and third copy
+        # the second worker stopped: the first takes its partitions and their routed ids
+        wait_members(kafka_bootstrap, group, 1)
+        _wait_log(logs[0], "dedup: ", n=2)  # recovered again, with all four partitions
+        before = total(scrape(ports[0]), "hitl_predictions_total")
+        produce(kafka_bootstrap, cfg["topics"]["predictions"], raws, keys)
+        deadline = time.time() + 60
+        while total(scrape(ports[0]), "hitl_predictions_total") < before + len(docs):
+            assert time.time() < deadline, "the fourth copies not decided in 60 s"
+            time.sleep(0.5)
+        assert (
+            total(scrape(ports[0]), "hitl_decisions_total", fate="review")
+            + total(scrape(ports[0]), "hitl_decisions_total", fate="pass")
+            > 0
+        )
+    records = drain(kafka_bootstrap, topics, until=int(first), timeout=30, idle=2)
+    ids = Counter(orjson.loads(r.value)["id"] for r in records)
+    assert len(records) == first > 20 and max(ids.values()) == 1

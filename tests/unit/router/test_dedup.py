@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from hitl_router.agents.preflight import TopicFacts, copartition_problem
 from hitl_router.errors import ConfigError
+from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import parse_config
 from hitl_router.router.decision import PASS, REVIEW, Policy, decide_batch
 from hitl_router.router.dedup import DedupSpec, RoutedIds
@@ -38,6 +41,21 @@ def test_published_three_times_routed_once_across_batches():
     later = decide_batch([_msg("a", 100.0)], policy)  # past the retention: routed again
     assert later.rows(REVIEW) == [0]
     assert [c[1:] for c in first.routed_changes] == [("a", 0.0), ("b", 1.0)]
+    registry = CollectorRegistry()
+    RouterMetrics(registry, 10, ()).observe_router(first, [0.0] * first.n, 1.0)
+    assert registry.get_sample_value("hitl_duplicates_total", {"queue": "u"}) == 1
+
+
+def test_predictions_on_a_topic_of_another_partition_count_stop_the_start():
+    config = parse_config({"kafka": {"partitions": 6}, "dedup": {}})
+    problem = copartition_problem(config, {"predictions": TopicFacts(3, 2**20)})
+    assert problem.key == "kafka.partitions" and "dedup" in str(problem)
+    assert (
+        copartition_problem(
+            parse_config({"kafka": {"partitions": 6}}), {"predictions": TopicFacts(3, 2**20)}
+        )
+        is None
+    )
 
 
 def test_the_count_bound_pushes_the_oldest_out():

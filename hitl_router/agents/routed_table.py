@@ -1,0 +1,80 @@
+"""Dedup's live state (WIP, issue #11): the ids routed to review, in the Faust table
+``hitl-routed-ids`` of the routing group (id → event time), partitioned as the
+predictions topic.
+
+The router agent's batch writes each change :func:`decide_parsed` reports
+(``BatchDecisions.routed_changes``) to the table and its changelog; the changelog
+futures are part of the batch's deliveries, so a batch is acked only once the ids it
+routed are durable. After a recovery, the policy's :class:`~hitl_router.router.dedup.
+RoutedIds` is rebuilt from the table's partitions this worker holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import faust
+
+from hitl_router.agents.label_join import active_partitions
+from hitl_router.router.config import Config
+from hitl_router.router.decision import BatchDecisions, Policy
+
+log = logging.getLogger(__name__)
+
+ROUTED_TABLE = "hitl-routed-ids"
+
+
+def changelog_configs(config: Config) -> dict[str, str]:
+    assert config.dedup is not None
+    return {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(int(config.dedup.retention_s * 1000) + 3_600_000),
+        "segment.ms": "3600000",
+    }
+
+
+class RoutedTable:
+    def __init__(self, app: faust.App, config: Config, policy: Policy) -> None:
+        assert policy.routed is not None
+        self.app, self.config, self.policy = app, config, policy
+        self.partitions = config.kafka.partitions
+        self.table = app.Table(
+            ROUTED_TABLE,
+            default=None,
+            partitions=self.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            extra_topic_configs=changelog_configs(config),
+        )
+        self.table.on_recover(self._rebuild)
+
+    def write(self, batch: BatchDecisions) -> list[Awaitable[Any]]:
+        """The batch's dedup changes into the table and its changelog."""
+        data, send = self.table.data, self.table.send_changelog
+        out: list[Awaitable[Any]] = []
+        for part, pid, t in batch.routed_changes:
+            key = pid.encode()
+            if t is None:
+                if data.pop(key, None) is None:
+                    continue
+                value = None
+            else:  # "<partition> <time>": the partition it was read from
+                value = data[key] = f"{part} {t!r}".encode()
+            out.append(send(part, key, value))
+        return out
+
+    async def _rebuild(self) -> None:
+        active = active_partitions(self.app, self.config.topics.predictions)
+        data = self.table.data
+        entries = []
+        for key in list(data.keys()):
+            part, _, t = data[key].decode().partition(" ")
+            if int(part) not in active:
+                data.pop(key, None)  # another worker's now: no stale copy kept here
+            else:
+                entries.append((int(part), key.decode(), float(t)))
+        assert self.policy.routed is not None
+        self.policy.routed.load(entries)
+        log.info("dedup: %d routed ids recovered", len(entries))
