@@ -70,10 +70,15 @@ LOAD_CONTROL: dict[str, dict[str, Any]] = {
 }
 
 
+#: --load-control: dedup on too (every id of the workload is routed at most once)
+LOAD_CONTROL_DEDUP = {"retention_s": 3600, "max_ids": 100_000}
+
+
 def router_config(setup: Setup, name: str, input_topic: str | None = None) -> dict[str, Any]:
     config = _router_config(setup, name, input_topic)
     if setup.load_control:
         config["queues"] = [{**q, **LOAD_CONTROL.get(q["name"], {})} for q in config["queues"]]
+        config["dedup"] = LOAD_CONTROL_DEDUP
     return config
 
 

@@ -220,13 +220,16 @@ def fit_temperature(
     log_p = logits(probs)
     y = np.asarray(labels)
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    result = minimize_scalar(
-        lambda log_t: scaled_nll(log_p, y, math.exp(log_t)),
-        bounds=(lo, hi),
-        method="bounded",
-        options={"xatol": 1e-5},
-    )
-    return float(math.exp(result.x))
+
+    def nll_at(log_t: float) -> float:
+        return scaled_nll(log_p, y, math.exp(log_t))
+
+    result = minimize_scalar(nll_at, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+    # Brent's bounded search never evaluates the bounds themselves: when the NLL keeps
+    # falling towards one (every label already the top class: T → its lower bound), the
+    # bound is the minimum, and a point a step inside it is measurably worse
+    best = min((float(result.x), lo, hi), key=nll_at)
+    return float(math.exp(best))
 
 
 #: Folds of the cross-fitted check: each temperature judged is fitted on 4/5 of the labels.

@@ -142,6 +142,18 @@ def test_fitted_temperature_minimises_nll_within_bounds(raw, labels):
     assert best <= log_loss(y, cal.scaled(p, math.exp(ref.x)), labels=range(3)) + 1e-6
 
 
+def test_a_minimum_at_a_bound_is_the_bound():
+    """Hypothesis found it: every label of class 0, predicted at 1% or at a third, so
+    the NLL keeps falling as T grows; Brent's search alone stopped a step inside."""
+    row = np.array([0.01, 1.0, 0.01])
+    p = np.vstack([np.tile(row / row.sum(), (3, 1)), np.full((37, 3), 1 / 3)])
+    y = np.zeros(40, dtype=int)
+    t = cal.fit_temperature(p, y)
+    assert t == pytest.approx(cal.T_BOUNDS[1])
+    at_bound = cal.scaled_nll(cal.logits(p), y, cal.T_BOUNDS[1])
+    assert cal.scaled_nll(cal.logits(p), y, t) <= at_bound
+
+
 def test_fit_is_deterministic_and_stable_with_zero_probabilities():
     p, y = _random_set(3)
     p[:, 3] = 0.0  # a class nobody predicts: log 0 = −inf must not break the search
