@@ -73,10 +73,10 @@ class Policy:
         self.diversity: dict[int, DiversityCap] = {
             q: DiversityCap(qc.diversity) for q, qc in enumerate(self.queues) if qc.diversity
         }
-        #: the predicted-class mix of the stream (what the rules looked at) and of each
-        #: queue (what it took), for their entropies
         #: ids routed to review (dedup), per partition of the predictions topic
         self.routed = RoutedIds(config.dedup, partitions) if config.dedup else None
+        #: the predicted-class mix of the stream (what the rules looked at) and of each
+        #: queue (what it took), for their entropies
         self.stream_mix = ClassMix()
         self.queue_mix = [ClassMix() for _ in self.queues]
 
@@ -280,37 +280,38 @@ def decide_parsed(
                 if rows.any():
                     picked = {k: v[rows] for k, v in all_scores.items()}
                     priority[rows] = priorities(qc.priority, picked, int(rows.sum()))
-            at = None
-            if policy.routed is not None and any_match.any():  # routed before: passes
+
+            def drop(out: Any, reason: int) -> None:
+                """Rows that matched a queue and pass: the queue and why recorded."""
+                dropped[out], drop_reason[out] = queue[out], reason
+                fate[out], queue[out], priority[out] = PASS, -1, np.nan
+
+            at = part = None
+            if any_match.any() and (policy.routed is not None or policy.budgets):
                 at = _event_times(parsed.docs, times)
                 part = parts if parts is not None else np.zeros(n, dtype=np.int64)
+            if policy.routed is not None and at is not None and part is not None:
                 rows = np.flatnonzero(fate == REVIEW)
                 seen = policy.routed.seen([ids[i] for i in rows], at[rows], part[rows])
                 first: set[str] = set()
                 for j, i in enumerate(rows.tolist()):  # a copy in this batch: the first one
                     seen[j] = seen[j] or ids[i] in first
                     first.add(ids[i])
-                out = rows[seen]
-                dropped[out], drop_reason[out] = queue[out], DUPLICATE
-                fate[out], queue[out], priority[out] = PASS, -1, np.nan
-            if policy.budgets and any_match.any():
-                at = at if at is not None else _event_times(parsed.docs, times)
+                drop(rows[seen], DUPLICATE)
+            if policy.budgets and at is not None:
                 for q, state in policy.budgets.items():
                     rows = np.flatnonzero(queue == q)
                     if rows.size:
-                        out = rows[~state.admit(at[rows], priority[rows])]
-                        fate[out], queue[out], priority[out], dropped[out] = PASS, -1, np.nan, q
-                        drop_reason[out] = BUDGET
+                        drop(rows[~state.admit(at[rows], priority[rows])], BUDGET)
             for q, cap in policy.diversity.items():
                 rows = np.flatnonzero(queue == q).tolist()
                 if rows:
                     docs = [parsed.docs[i] for i in rows]
                     keys = cap.spec.keys(docs, pred[rows].tolist())  # type: ignore[arg-type]
-                    out = [i for i, k in zip(rows, keys, strict=True) if not cap.admit(k)]
-                    fate[out], queue[out], priority[out], dropped[out] = PASS, -1, np.nan, q
-                    drop_reason[out] = DIVERSITY
-            if policy.routed is not None and at is not None:
-                part = parts if parts is not None else np.zeros(n, dtype=np.int64)
+                    drop(
+                        [i for i, k in zip(rows, keys, strict=True) if not cap.admit(k)], DIVERSITY
+                    )
+            if policy.routed is not None and at is not None and part is not None:
                 for i in np.flatnonzero(fate == REVIEW).tolist():
                     p = int(part[i])
                     routed_changes.append((p, ids[i], float(at[i])))
@@ -409,6 +410,7 @@ def merge_batches(policy: Policy, parts: Sequence[BatchDecisions]) -> BatchDecis
         {t: v for p in parts for t, v in p.live.items()},
         np.concatenate([p.dropped for p in parts]) if parts else np.zeros(0, np.int16),
         np.concatenate([p.drop_reason for p in parts]) if parts else np.zeros(0, np.int8),
+        [c for p in parts for c in p.routed_changes],
     )
 
 

@@ -11,7 +11,7 @@ from hitl_router.agents.preflight import TopicFacts, copartition_problem
 from hitl_router.errors import ConfigError
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import parse_config
-from hitl_router.router.decision import PASS, REVIEW, Policy, decide_batch
+from hitl_router.router.decision import DUPLICATE, PASS, REVIEW, Policy, decide_batch, merge_batches
 from hitl_router.router.dedup import DedupSpec, RoutedIds
 from hitl_router.router.outputs import replay_record
 
@@ -78,3 +78,13 @@ def test_bad_dedup_names_the_key(dedup, key):
     with pytest.raises(ConfigError) as err:
         parse_config({"dedup": dedup})
     assert err.value.key == key
+
+
+def test_batches_decided_one_by_one_keep_their_dedup_changes():
+    """The router's fallback (a batch that raised is decided message by message, then
+    merged) must hand the live table every id it routed."""
+    policy = _policy()
+    parts = [decide_batch([_msg(pid, 0.0)], policy) for pid in ("a", "b", "a")]
+    merged = merge_batches(policy, parts)
+    assert [c[1] for c in merged.routed_changes] == ["a", "b"]
+    assert merged.rows(REVIEW) == [0, 1] and merged.drop_reason.tolist() == [0, 0, DUPLICATE]
