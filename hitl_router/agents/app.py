@@ -121,14 +121,14 @@ class RouterApp(faust.App):
     worker_settings: WorkerConfig = WorkerConfig()
 
     def _new_consumer(self) -> Any:
-        hooks = {
-            "callback": self.topics.on_message,
-            "on_partitions_revoked": self._on_partitions_revoked,
-            "on_partitions_assigned": self._on_partitions_assigned,
-            "beacon": self.beacon,
-            "loop": self.transport.loop,
-        }
-        consumer = BatchingConsumer(self.transport, **hooks)
+        consumer = BatchingConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.transport.loop,
+        )
         consumer.batch_topics = self.batch_topics
         consumer.fetch_max_wait_ms = self.worker_settings.fetch_max_wait_ms
         consumer.fetch_min_bytes = self.worker_settings.fetch_min_bytes

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -36,6 +36,7 @@ from prometheus_client import Counter
 
 from hitl_router import __version__
 from hitl_router.agents.settling import Batch
+from hitl_router.agents.tables import Publish, Writes, active_partitions, put
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.router.config import Config
 from hitl_router.router.eval_sampler import EvalSampler
@@ -48,23 +49,6 @@ from hitl_router.router.validation import ErrorInfo
 log = logging.getLogger(__name__)
 
 JOIN_TABLE = "hitl-label-joins"
-#: hands outputs to the producer; the awaitables resolve once the broker has them
-Publish = Callable[[list[Output]], list[Awaitable[Any]]]
-
-
-class Writes:
-    """What handling a batch produced: outputs to publish, and the table's changelog
-    writes (futures that resolve once the broker has them). The batch is acked only when
-    both are delivered, so an acked label never has a change the changelog lacks."""
-
-    __slots__ = ("outputs", "changelog")
-
-    def __init__(self) -> None:
-        self.outputs: list[Output] = []
-        self.changelog: list[Awaitable[Any]] = []
-
-    def deliveries(self, publish: Publish) -> list[Awaitable[Any]]:
-        return [*publish(self.outputs), *self.changelog]
 
 
 class LabelJoiner:
@@ -178,13 +162,7 @@ class LabelJoiner:
         return writes.deliveries(self.publish)
 
     def _put(self, writes: Writes, partition: int, key: bytes, value: bytes | None) -> None:
-        """Set (None: delete) ``key`` in the table and its changelog partition."""
-        if value is None:
-            if self.data.pop(key, None) is None:
-                return
-        else:
-            self.data[key] = value
-        writes.changelog.append(self.table.send_changelog(partition, key, value))
+        put(self.table, writes.changelog, partition, key, value)
 
     def _record(self, writes: Writes, partition: int, key: bytes | None, value: bytes) -> None:
         if key is None:
@@ -336,11 +314,6 @@ class LabelJoiner:
             letter_output(self.topics.labels_deadletter, info, raw, source, now, self.config.limits)
         )
         self.feedback.label_deadletter.labels(error.code).inc()
-
-
-def active_partitions(app: faust.App, topic: str) -> set[int]:
-    """The partitions of ``topic`` this worker is active for."""
-    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
 
 
 def join_changelog_configs(config: Config) -> dict[str, str]:

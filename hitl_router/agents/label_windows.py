@@ -23,8 +23,8 @@ import orjson
 from prometheus_client import Counter
 
 from hitl_router import __version__
-from hitl_router.agents.label_join import Publish, Writes, active_partitions
 from hitl_router.agents.settling import Batch
+from hitl_router.agents.tables import Publish, Writes, active_partitions, put
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.router.config import Config
 from hitl_router.router.join import AGREEMENT_KEY
@@ -96,13 +96,7 @@ class WindowKeeper:
         return []  # handle does not raise for one message; nothing to dead-letter
 
     def _put(self, writes: Writes, partition: int, key: bytes, value: bytes | None) -> None:
-        data = self.table.data
-        if value is None:
-            if data.pop(key, None) is None:
-                return
-        else:
-            data[key] = value
-        writes.changelog.append(self.table.send_changelog(partition, key, value))
+        put(self.table, writes.changelog, partition, key, value)
 
     def _add(self, writes: Writes, partition: int, value: bytes) -> None:
         ev = orjson.loads(value)

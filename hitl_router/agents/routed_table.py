@@ -17,7 +17,7 @@ from typing import Any
 
 import faust
 
-from hitl_router.agents.label_join import active_partitions
+from hitl_router.agents.tables import active_partitions, put
 from hitl_router.router.config import Config
 from hitl_router.router.decision import BatchDecisions, Policy
 
@@ -52,17 +52,11 @@ class RoutedTable:
 
     def write(self, batch: BatchDecisions) -> list[Awaitable[Any]]:
         """The batch's dedup changes into the table and its changelog."""
-        data, send = self.table.data, self.table.send_changelog
         out: list[Awaitable[Any]] = []
         for part, pid, t in batch.routed_changes:
-            key = pid.encode()
-            if t is None:
-                if data.pop(key, None) is None:
-                    continue
-                value = None
-            else:  # "<partition> <time>": the partition it was read from
-                value = data[key] = f"{part} {t!r}".encode()
-            out.append(send(part, key, value))
+            # "<partition> <time>": the partition it was read from
+            value = None if t is None else f"{part} {t!r}".encode()
+            put(self.table, out, part, pid.encode(), value)
         return out
 
     async def _rebuild(self) -> None:
