@@ -74,11 +74,16 @@ LOAD_CONTROL: dict[str, dict[str, Any]] = {
 LOAD_CONTROL_DEDUP = {"retention_s": 3600, "max_ids": 100_000}
 
 
-def router_config(setup: Setup, name: str, input_topic: str | None = None) -> dict[str, Any]:
+def router_config(
+    setup: Setup, name: str, input_topic: str | None = None, dedup: bool = True
+) -> dict[str, Any]:
+    """The router's config; with ``setup.load_control``, LOAD_CONTROL on its queues and,
+    unless ``dedup`` is false, LOAD_CONTROL_DEDUP."""
     config = _router_config(setup, name, input_topic)
     if setup.load_control:
         config["queues"] = [{**q, **LOAD_CONTROL.get(q["name"], {})} for q in config["queues"]]
-        config["dedup"] = LOAD_CONTROL_DEDUP
+        if dedup:
+            config["dedup"] = LOAD_CONTROL_DEDUP
     return config
 
 
@@ -250,16 +255,17 @@ async def run_processes(
     return result
 
 
-async def router(setup: Setup) -> dict[str, Any]:
+async def router(setup: Setup, name: str = "router", dedup: bool = True) -> dict[str, Any]:
     """One worker over the prefilled topic (under py-spy with ``setup.py_spy``: its CPU
-    figures then count py-spy, not the worker, and the result carries the profile)."""
+    figures then count py-spy, not the worker, and the result carries the profile).
+    ``dedup``: see :func:`router_config`."""
     from bench.profile import summarize
 
-    config = router_config(setup, "router")
-    path = write_config(setup, config, "router")
-    profile = setup.tmp / "router.pyspy.txt" if setup.py_spy else None
+    config = router_config(setup, name, dedup=dedup)
+    path = write_config(setup, config, name)
+    profile = setup.tmp / f"{name}.pyspy.txt" if setup.py_spy else None
     result = await run_processes(
-        setup, output_topics(config), lambda: spawn_workers(setup, path, "router", 1, profile)
+        setup, output_topics(config), lambda: spawn_workers(setup, path, name, 1, profile)
     )
     if profile is not None:
         result["profile"] = {"raw": str(profile)}

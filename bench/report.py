@@ -14,6 +14,7 @@ TARGETS = (
 )
 LABELS = {
     "router": "router (1 worker)",
+    "router_no_dedup": "router (1 worker), dedup off",
     "ceiling": "ceiling: aiokafka pass-through",
     "peer": "peer: hand-written kafka-python",
 }
@@ -53,6 +54,9 @@ def derive(results: Result) -> None:
         "latency_p99_ms": lat.get("append_p99_ms") if lat.get("ok") else None,
     }
     results["ratios"] = {k: values[k] for k in ("router_over_ceiling", "router_over_peer")}
+    no_dedup = rate("router_no_dedup")
+    if no_dedup and ceiling:  # --load-control
+        results["ratios"]["router_no_dedup_over_ceiling"] = no_dedup / ceiling
     targets = []
     for key, op, bound, text in TARGETS:
         value = values[key]
@@ -304,29 +308,37 @@ def md_load_control(path: Path = LOAD_CONTROL) -> list[str]:
         return []
     r = orjson.loads(path.read_bytes())
     derive(r)
-    ratio = r.get("ratios", {}).get("router_over_ceiling")
+    ratios = r.get("ratios", {})
     src = r.get("source", {})
-    return [
+    rounds = r.get("params", {}).get("rounds", 1)
+    lines = [
         "## Load control (issue #11)",
         "",
         "The router with `bench.contenders.LOAD_CONTROL` on its queues: priorities on two, a "
         "10% target rate and a diversity cap on `disagreement`, a budget of 3,000 a minute "
-        "on `uncertain` (most of its items pass over budget), and dedup on (the routing "
-        "worker keeps the ids it routed in its Faust table). Measured by "
-        f"`{r.get('command')}` at {r.get('started_at')}, commit `{src.get('commit')}`"
+        "on `uncertain` (most of its items pass over budget); dedup on (the routing worker "
+        "keeps the ids it routed in its Faust table), and the same config with dedup off. "
+        f"Measured by `{r.get('command')}` at {r.get('started_at')}, commit "
+        f"`{src.get('commit')}`"
         f"{' plus uncommitted changes' if src.get('hitl_router_uncommitted_changes') else ''}; "
-        "its own ceiling, in the same run:",
+        "its own ceiling, in the same run"
+        + (
+            f" ({rounds} rounds, the order rotated each round; each row is that contender's "
+            "median run):"
+            if rounds > 1
+            else ":"
+        ),
         "",
         *_md_table(HEADERS, throughput_rows(r)),
-        f"router / ceiling = **{_num(ratio, '.2f')}** with load control and dedup (target ≥ "
-        "0.8). Measured on 2026-11-30: without dedup, runs of this config gave 0.79–0.88, "
-        "and in a py-spy profile (`--load-control --py-spy`) the load-control code (budget, "
-        "target rate, diversity, priorities, event times) took 3–4% of the router's samples; "
-        "with dedup, 0.62 (69 µs of CPU per message against 43–51): dedup adds a changelog "
-        "write per routed id, through Faust's producer buffer; not profiled yet (issue #11 "
-        "stays open for it).",
+        f"router / ceiling = **{_num(ratios.get('router_over_ceiling'), '.2f')}** with "
+        "load control and dedup (target ≥ 0.8); "
+        f"**{_num(ratios.get('router_no_dedup_over_ceiling'), '.2f')}** with dedup off.",
         "",
     ]
+    if r.get("round_ratios"):
+        each = ", ".join(_num(x, ".2f") for x in r["round_ratios"])
+        lines += [f"Router / ceiling of each round: {each}.", ""]
+    return lines
 
 
 def markdown(results: Result) -> str:

@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch directory and logs")
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the throughput contenders (router, ceiling) this many times, in a "
+        "rotated order each round, and report each one's median run (default: 1)",
+    )
+    p.add_argument(
         "--load-control",
         action="store_true",
         help="the router's config with load control on (bench.contenders.LOAD_CONTROL: "
@@ -97,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:
         p.error(f"--workers: comma-separated integers expected, got {args.workers!r}")
+    if args.rounds < 1:
+        p.error(f"--rounds: at least 1, got {args.rounds}")
     if any(w < 1 for w in args.workers):
         p.error("--workers: each count must be >= 1")
     if args.count is None:
@@ -166,10 +176,7 @@ async def run_all(args: argparse.Namespace, setup: Setup, results: dict[str, Any
         # which charged that work to whichever contender ran first: one unmeasured
         # pass-through warms it for all.
         results["warmup"] = await attempt("broker warm-up", contenders.ceiling(setup, "warmup"))
-    if "router" not in args.skip:
-        results["router"] = await attempt("router", contenders.router(setup))
-    if "ceiling" not in args.skip:
-        results["ceiling"] = await attempt("ceiling", contenders.ceiling(setup))
+    await _throughput(args, setup, results, attempt)
     if "peer" not in args.skip:
         results["peer"] = await attempt("peer", contenders.peer(setup))
     router_rate = (results.get("router") or {}).get("rate")
@@ -192,6 +199,53 @@ async def run_all(args: argparse.Namespace, setup: Setup, results: dict[str, Any
 
         coro = asyncio.to_thread(drift_cost.measure, setup.messages)
         results["drift_cost"] = await attempt("drift cost", coro)
+
+
+async def _throughput(
+    args: argparse.Namespace,
+    setup: Setup,
+    results: dict[str, Any],
+    attempt: Callable[[str, Any], Awaitable[dict[str, Any]]],
+) -> None:
+    """The router and its ceiling (and, with --load-control, the router without dedup:
+    what dedup costs), ``args.rounds`` times. Round r starts r places further into the
+    list, so that no contender always runs after the others: the broker's JVM keeps
+    getting faster over the first runs (its CPU per message fell by a third between the
+    second and the fourth pass-through of one run), which favoured whichever ran last.
+    Each contender's result is its median-rate run, with every round's rate in
+    ``round_rates``; ``round_ratios`` pairs the router with the ceiling of its round."""
+    runs: list[tuple[str, str, Callable[[str], Any]]] = []
+    if "router" not in args.skip:
+        runs.append(("router", "router", lambda n: contenders.router(setup, n)))
+        if args.load_control:
+            runs.append(
+                (
+                    "router_no_dedup",
+                    "router without dedup",
+                    lambda n: contenders.router(setup, n, dedup=False),
+                )
+            )
+    if "ceiling" not in args.skip:
+        runs.append(("ceiling", "ceiling", lambda n: contenders.ceiling(setup, n)))
+    if not runs:
+        return
+    by_key: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in runs}
+    for r in range(args.rounds):
+        order = runs[r % len(runs) :] + runs[: r % len(runs)]
+        for key, label, make in order:
+            name = key.replace("_", "-") + (f"-r{r}" if args.rounds > 1 else "")
+            suffix = f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else ""
+            by_key[key].append(await attempt(label + suffix, make(name)))
+    for key, done in by_key.items():
+        ok = sorted((d for d in done if d.get("ok")), key=lambda d: d["rate"])
+        results[key] = ok[(len(ok) - 1) // 2] if ok else done[-1]  # the lower median
+        if args.rounds > 1:
+            results[key]["round_rates"] = [d.get("rate") if d.get("ok") else None for d in done]
+    if args.rounds > 1 and "router" in by_key and "ceiling" in by_key:
+        results["round_ratios"] = [
+            a["rate"] / b["rate"] if a.get("ok") and b.get("ok") else None
+            for a, b in zip(by_key["router"], by_key["ceiling"], strict=True)
+        ]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -226,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "skip": sorted(args.skip),
             "timeout_s": args.timeout,
+            "rounds": args.rounds,
             "broker": "external" if args.bootstrap else "dedicated",
         },
         "machine": environment.machine(),

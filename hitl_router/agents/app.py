@@ -241,8 +241,9 @@ def build_app(
         metrics.observe_router(decided, _prediction_times(decided, batch.messages), now)
         letters = sum(1 for o in outputs if o.topic == deadletter)
         metrics.observe_too_large(letters - len(decided.errors))
-        durable = routed.write(decided) if routed is not None else []
-        return [*publish(outputs), *durable]
+        if routed is not None:
+            outputs += routed.write(decided)
+        return publish(outputs)
 
     def sample(batch: Batch) -> list[Awaitable[Any]]:
         decided = _decide(batch, policy, metrics, "sampler", rules=False)

@@ -162,7 +162,7 @@ class LabelJoiner:
         return writes.deliveries(self.publish)
 
     def _put(self, writes: Writes, partition: int, key: bytes, value: bytes | None) -> None:
-        put(self.table, writes.changelog, partition, key, value)
+        put(self.table, writes.outputs, partition, key, value)
 
     def _record(self, writes: Writes, partition: int, key: bytes | None, value: bytes) -> None:
         if key is None:

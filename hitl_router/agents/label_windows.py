@@ -96,7 +96,7 @@ class WindowKeeper:
         return []  # handle does not raise for one message; nothing to dead-letter
 
     def _put(self, writes: Writes, partition: int, key: bytes, value: bytes | None) -> None:
-        put(self.table, writes.changelog, partition, key, value)
+        put(self.table, writes.outputs, partition, key, value)
 
     def _add(self, writes: Writes, partition: int, value: bytes) -> None:
         ev = orjson.loads(value)

@@ -190,7 +190,8 @@ class BatchPublisher:
         return out
 
     async def publish(self, outputs: Sequence[Output], deadline: float) -> list[_Group]:
-        """Queue every output, grouped per (topic, partition), each group with the
+        """Queue every output, grouped per (topic, partition) (an output's own
+        ``partition``, else Kafka's default one for its key), each group with the
         futures that resolve when the broker has its outputs. ``deadline`` (on
         :attr:`clock`): how long queueing may wait for room in the producer."""
         by_topic: dict[str, list[Output]] = {}
@@ -199,6 +200,16 @@ class BatchPublisher:
         grouped: dict[tuple[str, int], _Group] = {}
         for topic, outs in by_topic.items():
             parts = await self._partitions_for(topic)
+            placed = [o for o in outs if o.partition is not None]
+            if placed:  # a table's changelog: the partition is the table's, not the key's
+                outs = [o for o in outs if o.partition is None]
+                for o in placed:
+                    if o.partition not in parts:
+                        raise DeliveryError(
+                            f"{topic}[{o.partition}] does not exist: {topic} has "
+                            f"{len(parts)} partitions"
+                        )
+                    _group(grouped, topic, o.partition).outputs.append(o)
             keyed = [o for o in outs if o.key is not None]
             indexes = partitions_of([o.key for o in keyed], len(parts)).tolist()
             for o, i in zip(keyed, indexes, strict=True):

@@ -1,25 +1,24 @@
-"""Dedup's live state (WIP, issue #11): the ids routed to review, in the Faust table
+"""Dedup's live state (issue #11): the ids routed to review, in the Faust table
 ``hitl-routed-ids`` of the routing group (id → event time), partitioned as the
 predictions topic.
 
 The router agent's batch writes each change :func:`decide_parsed` reports
-(``BatchDecisions.routed_changes``) to the table and its changelog; the changelog
-futures are part of the batch's deliveries, so a batch is acked only once the ids it
-routed are durable. After a recovery, the policy's :class:`~hitl_router.router.dedup.
-RoutedIds` is rebuilt from the table's partitions this worker holds.
+(``BatchDecisions.routed_changes``) to the table, and publishes the changelog records
+with the batch's outputs, so a batch is acked only once the ids it routed are durable.
+After a recovery, the policy's :class:`~hitl_router.router.dedup.RoutedIds` is rebuilt
+from the table's partitions this worker holds.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
-from typing import Any
 
 import faust
 
 from hitl_router.agents.tables import active_partitions, put
 from hitl_router.router.config import Config
 from hitl_router.router.decision import BatchDecisions, Policy
+from hitl_router.router.outputs import Output
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,10 @@ class RoutedTable:
         )
         self.table.on_recover(self._rebuild)
 
-    def write(self, batch: BatchDecisions) -> list[Awaitable[Any]]:
-        """The batch's dedup changes into the table and its changelog."""
-        out: list[Awaitable[Any]] = []
+    def write(self, batch: BatchDecisions) -> list[Output]:
+        """The batch's dedup changes into the table; returns their changelog records,
+        to publish with the batch's outputs."""
+        out: list[Output] = []
         for part, pid, t in batch.routed_changes:
             # "<partition> <time>": the partition it was read from
             value = None if t is None else f"{part} {t!r}".encode()

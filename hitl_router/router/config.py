@@ -30,7 +30,8 @@ from hitl_router.router.dedup import DedupSpec, parse_dedup
 from hitl_router.router.diversity import DiversitySpec, parse_diversity
 from hitl_router.router.kafka_security import SecurityConfig, parse_security
 from hitl_router.router.priority import DEFAULT_PRIORITY, PrioritySpec, parse_priority
-from hitl_router.router.rules import Node, parse_rule
+from hitl_router.router.rules import Node, leaves, parse_rule
+from hitl_router.router.target_rate import TargetRate
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -277,6 +278,7 @@ class Config:
                 "topic": q.topic,
                 "priority": q.priority.describe(),
                 "when": q.raw_when,
+                **_target_rates(q),
                 **({"budget": q.budget.describe()} if q.budget else {}),
                 **({"diversity": q.diversity.describe()} if q.diversity else {}),
             }
@@ -286,6 +288,16 @@ class Config:
             out["dedup"] = asdict(self.dedup)
         out["config_hash"] = self.config_hash
         return out
+
+
+def _target_rates(q: QueueConfig) -> dict[str, Any]:
+    """The queue's target-rate rules resolved (``when`` shows them as written)."""
+    rates = {
+        leaf.rule: leaf.threshold.describe()
+        for leaf in leaves(q.when)
+        if isinstance(leaf.threshold, TargetRate)
+    }
+    return {"target_rates": rates} if rates else {}
 
 
 def load_config(path: str | Path) -> Config:

@@ -35,9 +35,12 @@ class Output(NamedTuple):
 
     topic: str
     key: bytes | None
-    value: bytes
+    #: ``None``: a tombstone (a table's changelog deleting a key)
+    value: bytes | None
     #: Kafka headers (a review item's ``priority``)
     headers: tuple[tuple[str, bytes], ...] | None = None
+    #: the partition to write to; ``None``: Kafka's default partition of the key
+    partition: int | None = None
 
 
 def router_info(batch: BatchDecisions) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""BatchPublisher against the real broker: every output lands on its key's partition;
+"""BatchPublisher against the real broker: every output lands on its key's partition
+(or on the partition it names);
 a failed output fails ``deliver`` even when later outputs of its partition succeed;
 outputs queued for a partition that vanished (topic deleted, re-created smaller) are
 sent again. (A delivery that cannot complete in time: tests/integration/test_faults.py,
@@ -63,6 +64,35 @@ def test_deliver_writes_every_output_to_its_keys_partition(kafka_bootstrap: str)
             got = [r.value for r in sorted(keyed, key=lambda r: r.offset) if r.partition == p]
             want = [o.value for o, q in zip(given, expected, strict=True) if q == p]
             assert got == want
+
+
+def test_an_output_with_its_own_partition_lands_there(kafka_bootstrap: str) -> None:
+    """A table's changelog record names its partition (the table's, not its key's), and
+    may be a tombstone; a partition the topic lacks fails the delivery, naming it."""
+    topic = _topic(kafka_bootstrap, 3)
+    keys = [f"c{i}".encode() for i in range(200)]
+    default = partitions_of(keys, 3).tolist()
+    # each key's own partition is one past Kafka's default one: never where send() puts it
+    placed = [
+        Output(topic, k, b"v%d" % i, None, (d + 1) % 3)
+        for i, (k, d) in enumerate(zip(keys, default, strict=True))
+    ]
+    placed.append(Output(topic, keys[0], None, None, (default[0] + 1) % 3))  # tombstone
+    keyed = [Output(topic, b"plain", b"p")]
+    asyncio.run(_deliver(kafka_bootstrap, [*placed, *keyed]))
+    records = drain(kafka_bootstrap, [topic], until=len(placed) + 1, idle=1.0)
+    got = {
+        p: [(r.key, r.value) for r in sorted(records, key=lambda r: r.offset) if r.partition == p]
+        for p in range(3)
+    }
+    for p in range(3):  # in the order given, the tombstone last on its partition
+        want = [(o.key, o.value) for o in placed if o.partition == p]
+        if p == partitions_of([b"plain"], 3).tolist()[0]:
+            want.append((b"plain", b"p"))
+        assert got[p] == want
+    assert (keys[0], None) in got[(default[0] + 1) % 3]
+    with pytest.raises(DeliveryError, match=rf"{topic}\[3\] does not exist: {topic} has 3"):
+        asyncio.run(_deliver(kafka_bootstrap, [Output(topic, b"k", b"v", None, 3)]))
 
 
 def test_a_rejected_output_fails_deliver_though_its_partition_goes_on(

@@ -92,3 +92,42 @@ def test_usage_error_exits_2():
     with pytest.raises(SystemExit) as exc:
         main(["replay"])
     assert exc.value.code == 2
+
+
+def test_check_config_shows_load_control_as_resolved(tmp_path, capsys):
+    """Priorities, a target rate, a budget, a diversity cap and dedup, with their
+    defaults filled in: what a team reads before deploying a config."""
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        """
+queues:
+  - name: disagreement
+    topic: review.disagreement
+    when: {ensemble_kl_above: {target_rate: 0.05}}
+    priority: {ensemble_kl: 1.0, entropy_norm: 0.5}
+    diversity: {key: pred_class, max_share: 0.3}
+  - name: uncertain
+    topic: review.uncertain
+    when: {max_prob_below: 0.7}
+    budget: {items: 600, per: hour}
+dedup: {retention_s: 600}
+"""
+    )
+    assert main(["check-config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    doc = yaml.safe_load(out)
+    disagreement, uncertain = doc["queues"]
+    assert disagreement["when"] == {"ensemble_kl_above": {"target_rate": 0.05}}
+    rate = {"target_rate": 0.05, "window": 10_000}  # the default window, resolved
+    assert disagreement["target_rates"] == {"ensemble_kl_above": rate}
+    assert disagreement["priority"] == {"ensemble_kl": 1.0, "entropy_norm": 0.5}
+    assert disagreement["diversity"]["max_share"] == 0.3
+    assert disagreement["diversity"]["key"] == "pred_class"
+    assert "window" in disagreement["diversity"] and "budget" not in disagreement
+    assert uncertain["budget"]["items"] == 600 and uncertain["budget"]["per"] == "hour"
+    assert uncertain["priority"] == {"const": 1.0, "max_prob": -1.0}  # the default
+    assert "diversity" not in uncertain and "target_rates" not in uncertain
+    assert doc["dedup"] == {"retention_s": 600.0, "max_ids": 100_000}
+    assert "config OK: 2 queue(s)" in out
