@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint bench kafka-jars clean
+.PHONY: demo test unit integration lint bench kafka-jars prometheus-bin clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,10 +17,13 @@ venv: $(STAMP)
 kafka-jars: $(STAMP)
 	$(BIN)/hitl-router kafka fetch
 
+prometheus-bin: $(STAMP)
+	$(BIN)/hitl-router prometheus fetch
+
 demo: $(STAMP)
 	$(BIN)/hitl-router demo $(DEMO_ARGS)
 
-test: $(STAMP) kafka-jars
+test: $(STAMP) kafka-jars prometheus-bin
 	$(BIN)/ruff check hitl_router tests
 	$(BIN)/ruff format --check hitl_router tests
 	$(BIN)/mypy

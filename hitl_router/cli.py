@@ -35,13 +35,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (ConfigError, InputError) as exc:
-        print(f"hitl-router {args.command}: {exc}", file=sys.stderr)
+        _report(args, exc)
         return 2
     except RouterError as exc:
-        print(f"hitl-router {args.command}: {exc}", file=sys.stderr)
+        _report(args, exc)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _report(args: argparse.Namespace, exc: Exception) -> None:
+    message = f"hitl-router {args.command}: {exc}"
+    if getattr(args, "log_format", "text") == "json":  # a JSON line like every other
+        logging.getLogger("hitl_router.cli").error(message)
+    else:
+        print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,6 +18,7 @@ from hitl_router.errors import InputError
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from hitl_router.demo import add_parser as add_demo
     from hitl_router.localkafka.broker import add_parser as add_kafka
+    from hitl_router.localprom.binaries import add_parser as add_prometheus
     from hitl_router.profile import add_parser as add_profile
     from hitl_router.simulate import add_parser as add_simulate
 
@@ -30,6 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--loglevel", default="info")
     p.add_argument(
         "--metrics-port", type=int, help="port of /metrics (default: metrics.port of the config)"
+    )
+    p.add_argument(
+        "--metrics-host",
+        help="address /metrics, /healthz and /readyz listen on (default: metrics.host)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object per line, with the worker's id, group and partitions",
     )
     p.set_defaults(handler=_worker)
 
@@ -62,18 +74,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=_check_config)
 
     add_kafka(sub)
+    add_prometheus(sub)
     add_profile(sub)
     add_simulate(sub)
     add_demo(sub)
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from hitl_router.agents import json_logs
     from hitl_router.agents.worker import run_worker
-    from hitl_router.router.config import load_config
+    from hitl_router.router.config import check_bind_host, load_config
 
+    log_context = None
+    if args.log_format == "json":  # first, so that even a config error is a JSON line
+        log_context = json_logs.LogContext()
+        json_logs.install(log_context)
+        logging.captureWarnings(True)  # a warning is a line like the others
     config = load_config(args.config)
+    if args.metrics_host is not None:
+        check_bind_host(args.metrics_host, "--metrics-host")
     agents = {a.strip() for a in args.agents.split(",") if a.strip()}
-    return run_worker(config, agents=agents, loglevel=args.loglevel, web_port=args.metrics_port)
+    return run_worker(
+        config,
+        agents=agents,
+        loglevel=args.loglevel,
+        web_port=args.metrics_port,
+        web_host=args.metrics_host,
+        log_context=log_context,
+    )
 
 
 def _replay(args: argparse.Namespace) -> int:

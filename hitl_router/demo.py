@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
@@ -32,20 +32,44 @@ from hitl_router.errors import InputError, KafkaSetupError
 from hitl_router.review_team import ReviewTeam, ReviewTeamThread
 from hitl_router.router.config import Config, parse_config
 
+if TYPE_CHECKING:
+    from hitl_router.localprom import LocalPrometheus
+
 
 def default_config_text() -> str:
     return resources.files("hitl_router").joinpath("demo_config.yaml").read_text("utf-8")
 
 
-def demo_config(bootstrap: str, metrics_port: int, config_path: str | None) -> tuple[Config, str]:
-    """The demo's config (embedded default unless ``config_path``) and its YAML text."""
+def demo_config(
+    bootstrap: str, metrics_port: int, config_path: str | None, profile: Path | None = None
+) -> tuple[Config, str]:
+    """The demo's config (embedded default unless ``config_path``) and its YAML text;
+    ``profile``: the drift profile the embedded default watches with."""
     text = Path(config_path).read_text("utf-8") if config_path else default_config_text()
     data = yaml.safe_load(text) or {}
     data.setdefault("kafka", {})["bootstrap_servers"] = bootstrap
     data.setdefault("metrics", {})["port"] = metrics_port
     if not config_path:
         data.setdefault("topics", {}).setdefault("accepted", "accepted")
+        if profile is not None:
+            data["drift"] = {"profile": str(profile), "window": DRIFT_WINDOW}
     return parse_config(data), yaml.safe_dump(data, sort_keys=False)
+
+
+#: the demo's drift windows: short, so a drift raises the alarm within seconds
+DRIFT_WINDOW = 500
+
+
+def demo_profile(path: Path, sharpen: float) -> Path:
+    """The drift reference profile of a clean pool of the demo's model (what
+    ``hitl-router profile POOL.jsonl`` builds), published as the demo publishes it."""
+    from hitl_router.router.drift_pool import build_profile
+    from hitl_router.router.drift_profile import save_profile
+    from hitl_router.simulate import Simulator
+
+    pool = Simulator(seed=12345, sharpen=sharpen).records(8_000)
+    save_profile(build_profile(pool, window=DRIFT_WINDOW, bootstrap=400, seed=0), path)
+    return path
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -76,6 +100,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="leave a broker the demo started running at the end",
     )
+    p.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run a local Prometheus scraping the workers, with the alert rules "
+        "(Debian's package, fetched on first use: `hitl-router prometheus fetch`)",
+    )
+    p.add_argument("--prometheus-port", type=int, default=9090, help="(9090)")
+    p.add_argument(
+        "--keep-prometheus",
+        action="store_true",
+        help="leave that Prometheus running at the end, to browse what the demo did",
+    )
     p.set_defaults(handler=run_demo)
     return p
 
@@ -89,7 +125,10 @@ def run_demo(args: argparse.Namespace) -> int:
         raise InputError("--duration and --rate must be > 0")
     if not 0.0 <= args.review_error_rate <= 1.0:
         raise InputError("--review-error-rate must be between 0 and 1")
-    config, config_text = demo_config(args.bootstrap, args.metrics_port, args.config)
+    profile = None
+    if not args.config:  # the embedded default watches for drift: a profile of a clean pool
+        profile = demo_profile(Path(tempfile.mkstemp(prefix="hitl-demo-profile-")[1]), args.sharpen)
+    config, config_text = demo_config(args.bootstrap, args.metrics_port, args.config, profile)
     seed = args.seed if args.seed is not None else int(time.time())
     broker = None
     if not is_reachable(args.bootstrap):
@@ -105,6 +144,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg_file = Path(tempfile.mkstemp(prefix="hitl-demo-", suffix=".yaml")[1])
     cfg_file.write_text(config_text, encoding="utf-8")
     worker = labeller = None
+    prometheus: LocalPrometheus | None = None
     tally: _Tally | None = None
     team: ReviewTeamThread | None = None
     stop = threading.Event()
@@ -129,7 +169,8 @@ def run_demo(args: argparse.Namespace) -> int:
             id_prefix=f"demo-{run_id}-",
         )
         team.start()
-        worker = _start_worker(cfg_file, "router,sampler", args.metrics_port, "")
+        agents = "router,sampler,drift" if config.drift.profile else "router,sampler"
+        worker = _start_worker(cfg_file, agents, args.metrics_port, "")
         # the label loop runs in a worker (and consumer group) of its own
         labels_port = _free_port()
         labeller = _start_worker(cfg_file, "labels", labels_port, ".labels")
@@ -142,6 +183,13 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         _wait_metrics(args.metrics_port, worker, timeout=60)
         _wait_metrics(labels_port, labeller, timeout=60)
+        if args.prometheus:
+            prometheus = _start_prometheus(args.prometheus_port, args.metrics_port, labels_port)
+            print(
+                f"Prometheus on {prometheus.url} (scraping both workers every "
+                f"{SCRAPE_S}s, with the alert rules; log {prometheus.log_file})",
+                flush=True,
+            )
         count = int(args.rate * args.duration)
         sim = Simulator(
             seed=seed,
@@ -188,9 +236,14 @@ def run_demo(args: argparse.Namespace) -> int:
         labelled = _wait_labels(labels_port, team, timeout=20)
         print(tally.summary(total, _scrape(args.metrics_port)))
         print(_loop_summary(team, labelled, labels_port))
+        if config.drift.profile:
+            print(_drift_summary(args.metrics_port, config))
+        print(_where_to_look(args, prometheus))
         return 0 if tally.decided() >= total else 1
     finally:
         stop.set()
+        if prometheus is not None and not args.keep_prometheus:
+            prometheus.stop()
         if tally is not None:
             tally.close()
         if team is not None:
@@ -308,6 +361,65 @@ def _start_worker(
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
 
 
+#: the demo's Prometheus scrapes and evaluates rules this often (seconds)
+SCRAPE_S = 2
+RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "rules"
+DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards"
+
+
+def prometheus_config(metrics_port: int, labels_port: int, rules: Path | None) -> dict[str, Any]:
+    """The demo Prometheus's config: both workers, and the project's alert rules."""
+    return {
+        "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
+        "rule_files": [str(rules / "*.yml")] if rules is not None else [],
+        "scrape_configs": [
+            {
+                "job_name": "hitl-router",
+                "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
+            },
+            {
+                "job_name": "hitl-router-labels",
+                "static_configs": [{"targets": [f"127.0.0.1:{labels_port}"]}],
+            },
+        ],
+    }
+
+
+def _start_prometheus(port: int, metrics_port: int, labels_port: int) -> LocalPrometheus:
+    from hitl_router.localprom import LocalPrometheus
+
+    home = Path(tempfile.mkdtemp(prefix="hitl-demo-prometheus-"))
+    rules = RULES if RULES.is_dir() else None  # the rules ship with the source tree
+    config = home / "prometheus.yml"
+    config.write_text(yaml.safe_dump(prometheus_config(metrics_port, labels_port, rules)))
+    return LocalPrometheus(config, port, home / "data").start()
+
+
+def _where_to_look(args: argparse.Namespace, prometheus: LocalPrometheus | None) -> str:
+    """How to see the dashboard's numbers."""
+    board = DASHBOARD / "hitl-router.json"
+    lines = ["", "=== where to look ==="]
+    lines.append(f"raw metrics: curl http://127.0.0.1:{args.metrics_port}/metrics (while it runs)")
+    if prometheus is None:
+        lines.append(
+            "the dashboard's numbers: run the demo with --prometheus (a local Prometheus with "
+            "the alert rules; --keep-prometheus to browse after the end)"
+        )
+    else:
+        state = "keeps running" if args.keep_prometheus else "stopped with the demo"
+        lines.append(
+            f"Prometheus {state}: {prometheus.url}/graph?g0.expr=hitl_eval_accuracy "
+            f"(alerts: {prometheus.url}/alerts)"
+        )
+        if args.keep_prometheus:
+            lines.append(f"  stop it with: kill {prometheus.pid()}")
+    lines.append(
+        f"the Grafana dashboard: {board} (import it with a Prometheus datasource of uid "
+        "'prometheus'), or `docker compose up` for the whole stack, provisioned"
+    )
+    return "\n".join(lines)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -339,6 +451,30 @@ def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def _drift_summary(port: int, config: Config) -> str:
+    """What the drift agent judged, per model, from the worker's metrics."""
+    samples = _samples(port)
+    by_model: dict[str, Counter[str]] = {}
+    for (name, labels), v in samples.items():
+        ls = dict(labels)
+        if name == "hitl_drift_windows_total":
+            by_model.setdefault(ls["model"], Counter())[ls["drifted"]] += int(v)
+        elif name == "hitl_drift_alarms_total":
+            by_model.setdefault(ls["model"], Counter())["alarms"] += int(v)
+    p = config.drift.persistence
+    lines = [
+        f"drift: windows of {config.drift.window}; an alarm is {p.drifted} drifted of the "
+        f"last {p.windows}"
+    ]
+    for model, c in sorted(by_model.items()):
+        on = samples.get(("hitl_drift_alarm", (("model", model),)), 0.0) == 1.0
+        lines.append(
+            f"  {model}: {c['true'] + c['false']} windows, {c['true']} drifted; "
+            f"{c['alarms']} alarm(s){', on at the end' if on else ''}"
+        )
+    return "\n".join(lines)
 
 
 def _wait_labels(port: int, team: ReviewTeamThread, timeout: float) -> float:

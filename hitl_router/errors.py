@@ -27,6 +27,19 @@ class KafkaSetupError(RouterError, RuntimeError):
     """The local Kafka broker cannot be fetched, started or reached."""
 
 
+class PrometheusError(RouterError, RuntimeError):
+    """The local Prometheus or promtool cannot be fetched, started, reached, or failed."""
+
+
+class PrometheusQueryError(PrometheusError):
+    """Prometheus answered ``"status": "error"``; ``error_type`` is e.g. ``bad_data``."""
+
+    def __init__(self, path: str, error_type: str, error: str) -> None:
+        self.error_type = error_type
+        self.error = error
+        super().__init__(f"Prometheus {path}: {error_type}: {error}")
+
+
 class InputError(RouterError, ValueError):
     """A command-line input (file, option) cannot be used."""
 

@@ -22,10 +22,12 @@ model's gauges come from one worker at a time.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from hitl_router.router.labels import LABEL_ERROR_CODES
 
 
 class FeedbackMetrics:
@@ -123,6 +125,17 @@ class FeedbackMetrics:
         )
         self.kappa = g("hitl_label_kappa", "Cohen's kappa of double labels.", "scope", "name")
         self.pairs = g("hitl_label_pairs", "Double-labelled items in the window.", "scope", "name")
+
+    def declare(self, queues: Sequence[str]) -> None:
+        """Create at zero the series known in advance (a rate over them is then 0, not
+        no data): every label dead-letter code, and per queue its QA items and its
+        review labels with the model right and wrong."""
+        for code in LABEL_ERROR_CODES:
+            self.label_deadletter.labels(code)
+        for q in queues:
+            self.qa_items.labels(q)
+            for wrong in ("true", "false"):
+                self.trigger_labels.labels(q, wrong)
 
     def observe_window(self, key: str, r: dict[str, Any]) -> None:
         """Set a window's gauges from its :func:`~hitl_router.router.label_metrics.assess`

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,6 +25,10 @@ from hitl_router.router.decision import (
     FATES,
     BatchDecisions,
 )
+from hitl_router.router.validation import ERROR_CODES
+
+if TYPE_CHECKING:
+    from hitl_router.router.config import Config
 
 OTHER_MODEL = "other"
 LATENCY_BUCKETS = (
@@ -223,6 +227,26 @@ class RouterMetrics:
             ["model"],
             registry=registry,
         )
+        self.drift_windows = Counter(
+            "hitl_drift_windows",
+            "Windows judged, per model and verdict (drifted: true|false).",
+            ["model", "drifted"],
+            registry=registry,
+        )
+        self._alarm_on: dict[str, bool] = {}
+        self.drift_alarm = Gauge(
+            "hitl_drift_alarm",
+            "1 while the model's drift alarm is on: drift.persistence.drifted of its last "
+            "drift.persistence.windows windows drifted (this worker's windows).",
+            ["model"],
+            registry=registry,
+        )
+        self.drift_alarms = Counter(
+            "hitl_drift_alarms",
+            "Drift alarms started, per model (this worker's windows).",
+            ["model"],
+            registry=registry,
+        )
         self.agent_errors = Counter(
             "hitl_agent_errors",
             "Batches whose processing raised and was retried per message.",
@@ -235,14 +259,38 @@ class RouterMetrics:
             registry=registry,
         )
 
+    def declare(self, config: Config) -> None:
+        """Create at zero the series the config implies, so that a rate over them is 0
+        rather than no data until the first event: every dead-letter code, and the drops
+        of the queues with a budget, a diversity cap, or dedup."""
+        for code in ERROR_CODES:
+            self.deadletter.labels(code)
+        for q in config.queues:
+            if q.budget is not None:
+                self.budget_dropped.labels(q.name)
+            if q.diversity is not None:
+                self.diversity_dropped.labels(q.name)
+            if config.dedup is not None:
+                self.duplicates.labels(q.name)
+
     def observe_drift(self, reports: Sequence[Any]) -> None:
-        """Export each drift report: score, threshold and whether that test fired."""
+        """Export each drift report: score, threshold and whether that test fired; per
+        window, its verdict and the model's alarm."""
+        windows: dict[tuple[str, int], Any] = {}
         for r in reports:
             labels = (self.model_label(r.model), r.feature, r.method)
             self.drift_score.labels(*labels).set(r.score)
             self.drift_threshold.labels(*labels).set(r.threshold)
             self.drift_detected.labels(*labels).set(1.0 if r.drifted else 0.0)
-            self.drift_window_drifted.labels(labels[0]).set(1.0 if r.window_drifted else 0.0)
+            windows[(r.model, r.window)] = r
+        for r in windows.values():  # in window order, per model
+            model = self.model_label(r.model)
+            self.drift_window_drifted.labels(model).set(1.0 if r.window_drifted else 0.0)
+            self.drift_windows.labels(model, "true" if r.window_drifted else "false").inc()
+            if r.alarm and not self._alarm_on.get(model, False):
+                self.drift_alarms.labels(model).inc()
+            self._alarm_on[model] = r.alarm
+            self.drift_alarm.labels(model).set(1.0 if r.alarm else 0.0)
 
     def model_label(self, model: str) -> str:
         """The ``model`` label of a model's series: its name, or ``other``."""

@@ -157,4 +157,5 @@ def drift_monitor(config: Config, profile_path: str | None = None) -> DriftMonit
         window=config.drift.window,
         overrides=config.drift.thresholds,
         alpha=config.drift.alpha,
+        persistence=config.drift.persistence,
     )

@@ -37,6 +37,7 @@ from hitl_router.agents import calibration_feed, health
 from hitl_router.agents.batching import Batch, BatchingConsumer, BatchSink
 from hitl_router.agents.connection import faust_kwargs
 from hitl_router.agents.handling import batch_agent
+from hitl_router.agents.json_logs import worker_id
 from hitl_router.agents.label_join import LabelJoiner
 from hitl_router.agents.label_windows import WindowKeeper
 from hitl_router.agents.publishing import BatchPublisher
@@ -145,9 +146,10 @@ def build_app(
     agents: Sequence[str] | None = None,
     registry: CollectorRegistry | None = None,
     web_port: int | None = None,
+    web_host: str | None = None,
 ) -> faust.App:
     """A Faust app running ``agents`` (default: :func:`default_agents`) for ``config``,
-    serving ``/metrics``."""
+    serving ``/metrics`` on ``web_host:web_port`` (default: ``metrics.host``, ``.port``)."""
     agents = default_agents(config) if agents is None else agents
     registry = registry if registry is not None else CollectorRegistry()
     app_id = group_id(config, agents)
@@ -165,7 +167,7 @@ def build_app(
         store="memory://",
         datadir=str(Path(tempfile.gettempdir()) / f"hitl-router-{app_id}"),
         web_port=port,
-        web_bind="0.0.0.0",
+        web_bind=config.metrics.host if web_host is None else web_host,
         canonical_url=url,
         consumer_auto_offset_reset="earliest",
         topic_partitions=config.kafka.partitions,
@@ -196,6 +198,10 @@ def build_app(
     app.hitl_health = health.install(app)  # type: ignore[attr-defined]
     metrics = RouterMetrics(registry, config.metrics.max_models, config.metrics.models)
     feedback = FeedbackMetrics(registry, metrics.model_label)
+    if any(a in BATCH_AGENTS for a in agents):
+        metrics.declare(config)
+    if "labels" in agents:
+        feedback.declare([q.name for q in config.queues])
     policy = Policy(config, partitions=config.kafka.partitions)
     app.hitl_metrics = metrics  # type: ignore[attr-defined]
     app.hitl_feedback = feedback  # type: ignore[attr-defined]
@@ -268,6 +274,7 @@ def build_app(
         from hitl_router.profile import drift_monitor
 
         monitor = drift_monitor(config)  # a missing or bad profile stops the start
+        me = worker_id()
         reports_topic = config.topics.drift_reports
 
         def judge(batch: Batch) -> list[Awaitable[Any]]:
@@ -279,7 +286,7 @@ def build_app(
                 metrics.agent_errors.labels("drift").inc()
                 return []
             metrics.observe_drift(reports)
-            return publish([_report_output(reports_topic, r) for r in reports])
+            return publish([_report_output(reports_topic, r, me) for r in reports])
 
         handlers["drift"] = judge
     channels = []
@@ -368,11 +375,12 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _report_output(topic: str, report: Any) -> Output:
-    """One ``drift.reports`` message, keyed by model/feature/method (compaction keeps the
-    latest window of each)."""
+def _report_output(topic: str, report: Any, worker: str) -> Output:
+    """One ``drift.reports`` message, keyed by model/feature/method (the topic is
+    compacted: it keeps the latest window of each), with the worker whose windows these
+    are (each worker judges the windows of the partitions it holds)."""
     key = f"{report.model}/{report.feature}/{report.method}".encode()
-    return Output(topic, key, orjson.dumps(report.as_dict()))
+    return Output(topic, key, orjson.dumps({**report.as_dict(), "worker": worker}))
 
 
 class _Sources(Sequence[Source]):

@@ -19,7 +19,7 @@ from typing import Any
 
 import faust
 
-from hitl_router.agents import access, preflight, quiet_logs
+from hitl_router.agents import access, json_logs, preflight, quiet_logs
 from hitl_router.agents.app import AGENTS, build_app, default_agents, group_id
 from hitl_router.agents.label_join import changelog_topics
 from hitl_router.agents.routed_table import ROUTED_TABLE
@@ -43,6 +43,8 @@ class _QuietWorker(faust.Worker):
     measured at ~9% of the worker's time."""
 
     shutdown_timeout_s: float = 15.0
+    #: with ``--log-format json``: what every line carries (worker, group, assignment)
+    log_context: json_logs.LogContext | None = None
     _watchdog: threading.Thread | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -52,6 +54,8 @@ class _QuietWorker(faust.Worker):
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         super().on_setup_root_logger(logger, level)
         quiet_logs.install()
+        if self.log_context is not None:  # mode replaced the root's handlers: JSON again
+            json_logs.install(self.log_context)
 
     def _schedule_shutdown(self, signal: Any) -> None:
         self._arm_watchdog(f"signal {getattr(signal, 'name', signal)}")
@@ -101,8 +105,11 @@ def run_worker(
     agents: Iterable[str] = ("all",),
     loglevel: str = "info",
     web_port: int | None = None,
+    web_host: str | None = None,
+    log_context: json_logs.LogContext | None = None,
 ) -> int:
-    """Run until stopped (SIGINT/SIGTERM); returns the process exit code."""
+    """Run until stopped (SIGINT/SIGTERM); returns the process exit code. With
+    ``log_context`` (JSON logs), its group and assignment follow this worker's."""
     chosen = set(agents)
     if "all" in chosen:
         chosen = set(default_agents(config))
@@ -111,6 +118,8 @@ def run_worker(
         raise ConfigError(
             "--agents", f"unknown agent(s) {sorted(unknown)}; known: {', '.join(AGENTS)} or all"
         )
+    if log_context is not None:
+        log_context.group = group_id(config, sorted(chosen))
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python: admin only, chatty
     access.authenticate(config.kafka)  # with kafka.security: log in once, clear errors
     if config.kafka.create_topics:
@@ -131,7 +140,9 @@ def run_worker(
     with admin_client(config.kafka.bootstrap_servers, config.kafka.security) as admin:
         preflight.check(config, admin)
     access.check_access(config, chosen)  # with kafka.security: the ACLs the agents need
-    app = build_app(config, agents=sorted(chosen), web_port=web_port)
+    app = build_app(config, agents=sorted(chosen), web_port=web_port, web_host=web_host)
+    if log_context is not None:
+        json_logs.track_assignment(app, log_context)
     log.info(
         "hitl-router worker: agents=%s group=%s config_hash=%s",
         sorted(chosen),
@@ -146,6 +157,7 @@ def run_worker(
     threading.excepthook = _thread_excepthook
     worker = _QuietWorker(app, loglevel=loglevel)
     worker.shutdown_timeout_s = config.worker.shutdown_timeout_s
+    worker.log_context = log_context
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

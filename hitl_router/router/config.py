@@ -15,6 +15,7 @@ hitl_router.errors.ConfigError: eval_sample.rate: must be between 0 and 1, got 2
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +29,7 @@ from hitl_router.errors import ConfigError
 from hitl_router.router.budget import BudgetSpec, parse_budget
 from hitl_router.router.dedup import DedupSpec, parse_dedup
 from hitl_router.router.diversity import DiversitySpec, parse_diversity
+from hitl_router.router.drift_alarm import PersistenceSpec, parse_persistence
 from hitl_router.router.kafka_security import SecurityConfig, parse_security
 from hitl_router.router.priority import DEFAULT_PRIORITY, PrioritySpec, parse_priority
 from hitl_router.router.rules import Node, leaves, parse_rule
@@ -36,6 +38,8 @@ from hitl_router.router.target_rate import TargetRate
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 
 
 @dataclass(frozen=True)
@@ -188,11 +192,15 @@ class DriftConfig:
     alpha: float | None = None
     #: Threshold overrides: ``{"<method>": t}`` or ``{"<feature>.<method>": t}``.
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    #: a model's alarm: ``drifted`` of its last ``windows`` windows drifted
+    persistence: PersistenceSpec = field(default_factory=PersistenceSpec)
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     port: int = 9108
+    #: the address /metrics, /healthz and /readyz listen on (0.0.0.0: every interface)
+    host: str = "0.0.0.0"
     #: at most this many distinct ``model`` label values; later ones count as ``other``
     max_models: int = 100
     #: when not empty, only these models (bare names or ``name@version``) get a label
@@ -253,9 +261,14 @@ class Config:
         return [t.eval, t.deadletter, *self.review_topics(), *extra, *loop]
 
     def topic_configs(self) -> dict[str, dict[str, str]]:
-        """Configs of the topics the worker creates that need one: the calibration topic
-        is compacted (the latest temperature per model is what a worker reads)."""
-        return {self.topics.calibration: {"cleanup.policy": "compact"}}
+        """Configs of the topics the worker creates that need one, compacted: the
+        calibration topic (the latest temperature per model is what a worker reads) and
+        the drift reports (the latest window of each model, feature and method)."""
+        compact = {"cleanup.policy": "compact"}
+        out = {self.topics.calibration: compact}
+        if self.drift.profile:
+            out[self.topics.drift_reports] = compact
+        return out
 
     def describe(self) -> dict[str, Any]:
         """The resolved configuration as plain data (what ``check-config`` prints)."""
@@ -372,7 +385,13 @@ def parse_config(data: Any) -> Config:
         config_hash="",
         dedup=parse_dedup(root["dedup"]) if root.get("dedup") is not None else None,
     )
-    digest = hashlib.sha256(orjson.dumps(cfg.describe(), option=orjson.OPT_SORT_KEYS))
+    described = cfg.describe()
+    # keys added later, at their defaults, stay out of the hash: older configs' hold
+    if metrics.host == MetricsConfig.host:
+        del described["metrics"]["host"]
+    if drift.persistence == PersistenceSpec():
+        del described["drift"]["persistence"]
+    digest = hashlib.sha256(orjson.dumps(described, option=orjson.OPT_SORT_KEYS))
     return replace(cfg, config_hash=digest.hexdigest()[:12])
 
 
@@ -433,11 +452,38 @@ def _metrics(root: Mapping[str, Any]) -> MetricsConfig:
     metrics: MetricsConfig = _section({"metrics": data}, "metrics", MetricsConfig)
     if not 0 <= metrics.port <= 65535:
         raise ConfigError("metrics.port", f"must be a TCP port, got {metrics.port}")
+    check_bind_host(metrics.host, "metrics.host")
     if metrics.max_models < 1:
         raise ConfigError("metrics.max_models", f"must be ≥ 1, got {metrics.max_models}")
     if len(models) > metrics.max_models:
         raise ConfigError("metrics.models", f"{len(models)} models listed, more than max_models")
     return replace(metrics, models=tuple(dict.fromkeys(models)))
+
+
+def check_bind_host(host: str, key: str) -> str:
+    """``host`` if a server can be told to bind to it: an IP address (``0.0.0.0``, ``::``,
+    ``127.0.0.1``) or a host name; not resolved here (that is the worker's start).
+
+    >>> check_bind_host("::1", "metrics.host")
+    '::1'
+    >>> check_bind_host("0.0.0.0:9108", "metrics.host")
+    Traceback (most recent call last):
+    ...
+    hitl_router.errors.ConfigError: metrics.host: expected an IP address or a host name ...
+    """
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    # a name whose last label is all digits would be read as a (bad) IPv4 address
+    if not _HOST_NAME.match(host) or host.rsplit(".", 1)[-1].isdigit():
+        raise ConfigError(
+            key,
+            "expected an IP address or a host name to listen on (e.g. 0.0.0.0, 127.0.0.1, "
+            f"::), without a port or scheme, got {host!r}",
+        )
+    return host
 
 
 def _check_worker_timeouts(worker: WorkerConfig) -> None:
@@ -576,7 +622,7 @@ def _drift(value: Any) -> DriftConfig:
     from hitl_router.router.drift import threshold_overrides
 
     data = _mapping(value or {}, "drift")
-    _known(data, "drift", {"profile", "window", "alpha", "thresholds"})
+    _known(data, "drift", {"profile", "window", "alpha", "thresholds", "persistence"})
     profile = _coerce(data.get("profile"), None, "drift.profile", "str | None")
     window = _coerce(data.get("window", 1000), 1000, "drift.window", "int")
     if window < 10:
@@ -585,7 +631,8 @@ def _drift(value: Any) -> DriftConfig:
     if alpha is not None and not 0.0 < alpha < 1.0:
         raise ConfigError("drift.alpha", f"must be between 0 and 1 (exclusive), got {alpha:g}")
     thresholds = _mapping(data.get("thresholds", {}) or {}, "drift.thresholds")
-    return DriftConfig(profile, window, alpha, threshold_overrides(thresholds))
+    persistence = parse_persistence(data.get("persistence", {}) or {})
+    return DriftConfig(profile, window, alpha, threshold_overrides(thresholds), persistence)
 
 
 def _calibration(value: Any) -> CalibrationConfig:

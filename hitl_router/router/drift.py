@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from hitl_router.errors import ConfigError
+from hitl_router.router.drift_alarm import Persistence, PersistenceSpec
 from hitl_router.router.drift_profile import DriftProfile, ModelProfile
 from hitl_router.router.drift_reference import (
     MAX_PROB,
@@ -78,6 +79,9 @@ class DriftReport:
     n: int
     first_id: str
     last_id: str
+    #: the model's alarm after this window: ``persistence.drifted`` of its last
+    #: ``persistence.windows`` windows drifted (:mod:`~hitl_router.router.drift_alarm`)
+    alarm: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data, one JSON line of ``--drift-out`` / one ``drift.reports`` message."""
@@ -129,6 +133,8 @@ class DriftMonitor:
     alpha
         Window false-alarm rate; default the profile's. Another value is recalibrated from
         the profile's null scores (:func:`~hitl_router.router.drift_profile.calibrate`).
+    persistence
+        When a model's alarm is on (k drifted of its last m windows); default 4 of 6.
 
     Predictions of a model the profile lacks (neither ``name@version`` nor ``name``) are
     counted in ``unprofiled`` and otherwise ignored. A monitor's windows are those of the
@@ -142,6 +148,7 @@ class DriftMonitor:
         window: int | None = None,
         overrides: Mapping[str, float] | None = None,
         alpha: float | None = None,
+        persistence: PersistenceSpec | None = None,
     ) -> None:
         self.profile = profile
         self.window = window
@@ -160,6 +167,7 @@ class DriftMonitor:
         self.drifted: Counter[str] = Counter()
         self.first_drifted: dict[str, int] = {}
         self.unprofiled: Counter[str] = Counter()
+        self.alarms = Persistence(persistence)
 
     def _calibrated(self, mp: ModelProfile) -> dict[tuple[str, str], float]:
         thresholds = dict(mp.thresholds)
@@ -226,9 +234,22 @@ class DriftMonitor:
             self.first_drifted.setdefault(model, k)
         first, last = win.first_id, win.last_id
         win.reset()
+        alarm = self.alarms.update(model, window_drifted)
         return [
             DriftReport(
-                k, model, f, m, score, thr, score > thr, window_drifted, m in VOTING, n, first, last
+                k,
+                model,
+                f,
+                m,
+                score,
+                thr,
+                score > thr,
+                window_drifted,
+                m in VOTING,
+                n,
+                first,
+                last,
+                alarm,
             )
             for f, m, score, thr, n in rows
         ]
@@ -244,6 +265,8 @@ class DriftMonitor:
                 "windows": self.windows[model],
                 "drifted": self.drifted[model],
                 "first_drifted_window": self.first_drifted.get(model),
+                "alarms": self.alarms.onsets[model],
+                "alarm": self.alarms.on(model),
                 "pending": win.count,
             }
             for model, win in self._open.items()
@@ -253,6 +276,11 @@ class DriftMonitor:
             "window": self._size,
             "windows": sum(self.windows.values()),
             "drifted": sum(self.drifted.values()),
+            "alarms": sum(self.alarms.onsets.values()),
+            "persistence": {
+                "drifted": self.alarms.spec.drifted,
+                "windows": self.alarms.spec.windows,
+            },
             "models": models,
             "unprofiled": dict(self.unprofiled),
         }

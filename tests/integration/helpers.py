@@ -211,3 +211,59 @@ def total(samples: dict, name: str, **labels: str) -> float:
         for (n, ls), v in samples.items()
         if n == name and all(dict(ls).get(k) == want for k, want in labels.items())
     )
+
+
+def topic_config(bootstrap: str, topic: str, name: str) -> str | None:
+    """A topic's effective config value, read with kafka-python's admin client."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={name: None})
+        configs = admin.describe_configs([resource], config_filter="all").get("topic", {})
+        return configs.get(topic, {}).get(name, {}).get("value")
+    finally:
+        admin.close()
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int, **configs: str) -> None:
+    """Create ``topic`` (``configs``: its topic configs, dots as underscores)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        settings = {k.replace("_", "."): v for k, v in configs.items()}
+        admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=settings)])
+    finally:
+        admin.close()
+
+
+def produce_to(
+    bootstrap: str, topic: str, partition: int, keys: Sequence[bytes], values: Sequence[bytes]
+) -> None:
+    """Send records to one partition of ``topic``."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    for k, v in zip(keys, values, strict=True):
+        producer.send(topic, key=k, value=v, partition=partition)
+    producer.flush()
+    producer.close()
+
+
+def commit_ends(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Commit, for ``group``, the end offset of every partition of ``topic`` (as if the
+    group had read it all); returns them."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        ends = consumer.end_offsets(tps)
+        consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
+        return {tp.partition: ends[tp] for tp in tps}
+    finally:
+        consumer.close()

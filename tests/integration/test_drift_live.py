@@ -72,8 +72,33 @@ def test_live_drift_reports_match_replay(kafka_bootstrap, tmp_path):
     for want in expected:
         got = by_key[key(want)]
         assert got["score"] == pytest.approx(want["score"], rel=1e-9, abs=1e-12)
-        for field in ("threshold", "drifted", "window_drifted", "n", "first_id", "last_id"):
+        for field in (
+            "threshold",
+            "drifted",
+            "window_drifted",
+            "n",
+            "first_id",
+            "last_id",
+            "alarm",
+        ):
             assert got[field] == want[field], (field, want)
+    # the worker whose windows these are, in every report
+    assert len({r["worker"] for r in live}) == 1 and ":" in live[0]["worker"]
+    # the alarm: 4 of the last 6 windows drifted; it came on once, and is on at the end
+    verdicts = {r["window"]: (r["window_drifted"], r["alarm"]) for r in expected}
+    alarms = [verdicts[w][1] for w in sorted(verdicts)]
+    onsets = sum(1 for i, a in enumerate(alarms) if a and (i == 0 or not alarms[i - 1]))
+    assert onsets == 1 and alarms[-1]
+    model = (("model", expected[0]["model"]),)
+    assert samples[("hitl_drift_alarms_total", model)] == onsets
+    assert samples[("hitl_drift_alarm", model)] == 1.0
+    n_drifted = sum(d for d, _ in verdicts.values())
+    drifted_true = (("drifted", "true"), ("model", expected[0]["model"]))
+    assert samples[("hitl_drift_windows_total", drifted_true)] == n_drifted
+    # drift.reports is compacted: it keeps the latest window of each test
+    from tests.integration.helpers import topic_config
+
+    assert topic_config(kafka_bootstrap, reports_topic, "cleanup.policy") == "compact"
     last = max(r["window"] for r in expected)
     final = [r for r in expected if r["window"] == last]
     for r in final:

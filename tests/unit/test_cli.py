@@ -131,3 +131,35 @@ dedup: {retention_s: 600}
     assert "diversity" not in uncertain and "target_rates" not in uncertain
     assert doc["dedup"] == {"retention_s": 600.0, "max_ids": 100_000}
     assert "config OK: 2 queue(s)" in out
+
+
+def test_worker_metrics_host_is_validated_like_the_config(tmp_path, capsys):
+    """A bad bind address stops the worker before it touches Kafka: exit 2, naming the
+    flag or the config key."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("metrics: {port: 9200}\n")
+    assert main(["worker", "-c", str(cfg), "--metrics-host", "0.0.0.0:9200"]) == 2
+    err = capsys.readouterr().err
+    assert "--metrics-host: expected an IP address or a host name" in err
+    assert "'0.0.0.0:9200'" in err
+    cfg.write_text("metrics: {port: 9200, host: 'http://localhost'}\n")
+    assert main(["worker", "-c", str(cfg)]) == 2
+    assert "metrics.host: expected an IP address or a host name" in capsys.readouterr().err
+
+
+def test_check_config_shows_the_metrics_bind_address(tmp_path, capsys):
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("metrics: {port: 9200, host: 127.0.0.1}\n")
+    assert main(["check-config", str(cfg)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["metrics"]["host"] == "127.0.0.1"
+    cfg.write_text("metrics: {port: 9200}\n")
+    assert main(["check-config", str(cfg)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["metrics"]["host"] == "0.0.0.0"
+
+
+def test_log_format_takes_text_or_json():
+    with pytest.raises(SystemExit) as exc:
+        main(["worker", "-c", "c.yaml", "--log-format", "xml"])
+    assert exc.value.code == 2

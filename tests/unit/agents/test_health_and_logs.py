@@ -136,3 +136,17 @@ def test_partition_mismatch_is_a_warning_naming_both_counts():
     assert partition_warning(cfg, {}) is None  # not created yet: nothing to say
     warning = partition_warning(cfg, {"predictions": TopicFacts(2, 1_048_588)})
     assert warning is not None and "has 2 partitions but kafka.partitions is 6" in warning
+
+
+def test_web_server_binds_to_metrics_host_unless_overridden():
+    from hitl_router.agents.app import build_app
+
+    config = parse_config(
+        {"kafka": {"bootstrap_servers": "127.0.0.1:1"}, "metrics": {"host": "127.0.0.1"}}
+    )
+    assert build_app(config).conf.web_bind == "127.0.0.1"
+    assert build_app(config, web_host="::1", web_port=9300).conf.web_bind == "::1"
+    default = build_app(parse_config({"kafka": {"bootstrap_servers": "127.0.0.1:1"}}))
+    assert default.conf.web_bind == "0.0.0.0"
+    # the canonical URL (Faust's id of this worker in assignments) keeps the host name
+    assert build_app(config).conf.canonical_url.host == socket.gethostname()

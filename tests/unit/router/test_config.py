@@ -202,3 +202,43 @@ def test_limits_for_outputs():
     # the largest raw prefix whose worst escaping still fits is accepted
     ok = parse_config({"limits": {"dead_letter_raw_bytes": 163_936}}).limits
     assert ok.dead_letter_raw_bytes == 163_936
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1", "::", "::1", "localhost", "metrics.svc"])
+def test_metrics_host_takes_an_address_or_a_host_name(host):
+    cfg = parse_config({"metrics": {"host": host}})
+    assert cfg.metrics.host == host
+    assert cfg.describe()["metrics"]["host"] == host  # check-config shows it
+
+
+@pytest.mark.parametrize(
+    ("host", "fragment"),
+    [
+        ("0.0.0.0:9108", "without a port"),
+        ("http://0.0.0.0", "without a port or scheme"),
+        ("[::1]", "IP address or a host name"),
+        ("", "IP address or a host name"),
+        ("999.1.1.1", "IP address or a host name"),
+        ("my host", "IP address or a host name"),
+        ("-metrics", "IP address or a host name"),
+        (9108, "expected a string"),
+        (None, "must not be null"),
+    ],
+)
+def test_bad_metrics_host_stops_the_start_naming_the_key(host, fragment):
+    with pytest.raises(ConfigError, match=fragment) as exc:
+        parse_config({"metrics": {"host": host}})
+    assert exc.value.key == "metrics.host"
+    assert str(exc.value).startswith("metrics.host: ")
+
+
+def test_metrics_host_default_keeps_the_hash_of_older_configs():
+    """A config without metrics.host (all configs before it existed) hashes as it did:
+    the key is shown by check-config but counts in the hash only when set otherwise."""
+    plain = parse_config({"metrics": {"port": 9200}})
+    assert plain.metrics.host == "0.0.0.0" and plain.describe()["metrics"]["host"] == "0.0.0.0"
+    assert parse_config({"metrics": {"port": 9200, "host": "0.0.0.0"}}).config_hash == (
+        plain.config_hash
+    )
+    local = parse_config({"metrics": {"port": 9200, "host": "127.0.0.1"}})
+    assert local.config_hash != plain.config_hash
