@@ -41,11 +41,17 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Valid predictions read, per model.",
             ),
             (
-                "Fates per second",
+                "Fates per second, per model",
                 "timeseries",
                 "reqps",
-                [("sum by (fate) (rate(hitl_decisions_total[$__rate_interval]))", "{{fate}}")],
-                "What the router decided: pass, review, eval (the uncontaminated sample).",
+                [
+                    (
+                        "sum by (model, fate) (rate(hitl_decisions_total[$__rate_interval]))",
+                        "{{model}} {{fate}}",
+                    )
+                ],
+                "What the router decided, per model: pass, review, eval (the uncontaminated "
+                "sample).",
             ),
             (
                 "Consumer lag per partition",
@@ -90,6 +96,28 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     ),
                 ],
                 "Predictions and labels sent to the dead-letter topics, with the reason.",
+            ),
+            (
+                "Batch size and agent errors",
+                "timeseries",
+                "short",
+                [
+                    (
+                        "sum(rate(hitl_batch_size_sum[$__rate_interval])) / "
+                        "sum(rate(hitl_batch_size_count[$__rate_interval]))",
+                        "mean batch",
+                    ),
+                    (
+                        "sum by (agent) (increase(hitl_agent_errors_total[$__rate_interval]))",
+                        "errors: {{agent}}",
+                    ),
+                    (
+                        "sum(increase(hitl_model_label_overflow_total[$__rate_interval]))",
+                        "model label overflow",
+                    ),
+                ],
+                "Messages per decided batch; batches an agent had to redo one by one (a "
+                "bug met some input); predictions whose model got the label 'other'.",
             ),
         ],
     ),
@@ -212,6 +240,17 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 ],
                 "Drift windows per minute, by verdict.",
             ),
+            (
+                "Drift tests fired and alarms started",
+                "timeseries",
+                "short",
+                [
+                    ("sum by (model, method) (hitl_drift_detected)", "{{model}} {{method}}"),
+                    ("sum by (model) (increase(hitl_drift_alarms_total[1h]))", "{{model}} alarms"),
+                ],
+                "How many features each method finds drifted in the last window, and drift "
+                "alarms started over the last hour.",
+            ),
         ],
     ),
     (
@@ -242,10 +281,37 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 [
                     ("hitl_ece", "{{model}} raw"),
                     ("hitl_ece_calibrated", "{{model}} calibrated"),
+                    ("hitl_ece_calibrated_lower", "{{model}} calibrated lower"),
                     ("hitl_ece_calibrated_upper", "{{model}} calibrated upper"),
+                    ('hitl_ece_equal_mass{stage="calibrated"}', "{{model}} equal-mass bins"),
+                    ("hitl_ece_warning", "{{model}} warning"),
                 ],
                 "Expected calibration error on the eval sample; above 0.10 routing on "
                 "uncertainty is unreliable.",
+            ),
+            (
+                "Brier score and NLL, raw and calibrated",
+                "timeseries",
+                "short",
+                [
+                    ("hitl_brier", "{{model}} Brier {{stage}}"),
+                    ("hitl_nll", "{{model}} NLL {{stage}}"),
+                ],
+                "Proper scores on the eval window, before and after temperature scaling.",
+            ),
+            (
+                "Eval labels and temperature fits",
+                "timeseries",
+                "short",
+                [
+                    ("hitl_eval_labels", "{{model}} eval labels"),
+                    (
+                        "sum by (model, outcome) (increase(hitl_calibration_fits_total[1h]))",
+                        "{{model}} fits {{outcome}}",
+                    ),
+                ],
+                "Eval labels in each model's window (the n of every number here), and "
+                "temperature fits over the last hour: accepted, rejected, too few labels.",
             ),
             (
                 "Temperature in use",
@@ -260,6 +326,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "percentunit",
                 [
                     ('hitl_label_agreement{scope="source"}', "agreement {{name}}"),
+                    ('hitl_label_agreement_lower{scope="source"}', "lower {{name}}"),
+                    ('hitl_label_agreement_upper{scope="source"}', "upper {{name}}"),
                     ('hitl_label_kappa{scope="source"}', "kappa {{name}}"),
                 ],
                 "Double-labelled items (QA): agreement on review items against eval items.",
@@ -285,6 +353,19 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "reqps",
                 [("sum by (source) (rate(hitl_labels_total[$__rate_interval]))", "{{source}}")],
                 "Labels joined to their prediction: eval and review.",
+            ),
+            (
+                "Label loop: pairs, QA items, labels read again",
+                "timeseries",
+                "short",
+                [
+                    ('hitl_label_pairs{scope="source"}', "pairs {{name}}"),
+                    ("sum by (queue) (increase(hitl_qa_items_total[1h]))", "QA items {{queue}}"),
+                    ("sum(increase(hitl_labels_redelivered_total[1h]))", "redelivered"),
+                    ("sum(increase(hitl_labels_rekeyed_total[1h]))", "re-keyed"),
+                ],
+                "Double-labelled pairs in the window, review items re-queued for QA, labels "
+                "read again after a failover (ignored) or read off their id's partition.",
             ),
             (
                 "Corrections by reason",

@@ -259,12 +259,14 @@ class RouterMetrics:
             registry=registry,
         )
 
-    def declare(self, config: Config) -> None:
+    def declare(self, config: Config, agents: Sequence[str] = ()) -> None:
         """Create at zero the series the config implies, so that a rate over them is 0
-        rather than no data until the first event: every dead-letter code, and the drops
-        of the queues with a budget, a diversity cap, or dedup."""
+        rather than no data until the first event: every dead-letter code, each agent's
+        errors, and the drops of the queues with a budget, a diversity cap, or dedup."""
         for code in ERROR_CODES:
             self.deadletter.labels(code)
+        for agent in agents:
+            self.agent_errors.labels(agent)
         for q in config.queues:
             if q.budget is not None:
                 self.budget_dropped.labels(q.name)
@@ -285,6 +287,7 @@ class RouterMetrics:
             windows[(r.model, r.window)] = r
         for r in windows.values():  # in window order, per model
             model = self.model_label(r.model)
+            self.drift_alarms.labels(model)  # at 0 from the model's first window
             self.drift_window_drifted.labels(model).set(1.0 if r.window_drifted else 0.0)
             self.drift_windows.labels(model, "true" if r.window_drifted else "false").inc()
             if r.alarm and not self._alarm_on.get(model, False):

@@ -199,7 +199,7 @@ def build_app(
     metrics = RouterMetrics(registry, config.metrics.max_models, config.metrics.models)
     feedback = FeedbackMetrics(registry, metrics.model_label)
     if any(a in BATCH_AGENTS for a in agents):
-        metrics.declare(config)
+        metrics.declare(config, [a for a in BATCH_AGENTS if a in agents])
     if "labels" in agents:
         feedback.declare([q.name for q in config.queues])
     policy = Policy(config, partitions=config.kafka.partitions)

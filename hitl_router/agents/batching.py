@@ -149,9 +149,22 @@ class BatchingConsumer(Consumer):
         ):
             await self._seek_now()
             return
-        done = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._seeks.append(done)
-        await done
+        # a rebalance may stop the flow meanwhile: the loop then waits for the flow and
+        # serves no seek, so the seek is done here (no fetch runs while the flow stops)
+        stopped = asyncio.ensure_future(self.suspend_flow.wait())
+        try:
+            await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if done.done():
+            done.result()
+            return
+        if done in self._seeks:
+            self._seeks.remove(done)
+        done.cancel()
+        await self._seek_now()
 
     async def _seek_now(self) -> None:  # pragma: no cover - needs Kafka
         before = set(self._unsought)

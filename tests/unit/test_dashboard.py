@@ -74,3 +74,20 @@ def test_queries_cover_the_metrics_the_issue_names():
         "hitl_label_kappa",
     ):
         assert name in text, name
+
+
+def test_every_metric_the_workers_export_is_on_the_dashboard():
+    """Each hitl_ metric family the routing and label workers register is read by some
+    panel's query (Faust's own series only where the dashboard needs them: lag)."""
+    from prometheus_client import CollectorRegistry
+
+    from hitl_router.feedback_metrics import FeedbackMetrics
+    from hitl_router.metrics import RouterMetrics
+
+    registry = CollectorRegistry()
+    router = RouterMetrics(registry)
+    FeedbackMetrics(registry, router.model_label)
+    names = {family.name for family in registry.collect()}
+    assert len(names) > 40
+    text = " ".join(expr for _, expr in dashboard.queries(dashboard.build()))
+    assert sorted(n for n in names if n not in text) == []
