@@ -363,8 +363,9 @@ def _start_worker(
 
 #: the demo's Prometheus scrapes and evaluates rules this often (seconds)
 SCRAPE_S = 2
-RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "rules"
-DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards"
+#: the source tree's deploy/ files (the rules and the dashboard ship with it, not the wheel)
+_SOURCE = Path(__file__).resolve().parents[1]
+RULES = _SOURCE / "deploy" / "prometheus" / "rules"
 
 
 def prometheus_config(metrics_port: int, labels_port: int, rules: Path | None) -> dict[str, Any]:
@@ -397,7 +398,9 @@ def _start_prometheus(port: int, metrics_port: int, labels_port: int) -> LocalPr
 
 def _where_to_look(args: argparse.Namespace, prometheus: LocalPrometheus | None) -> str:
     """How to see the dashboard's numbers."""
-    board = DASHBOARD / "hitl-router.json"
+    from hitl_router.dashboard import OUT
+
+    board = _SOURCE / OUT
     lines = ["", "=== where to look ==="]
     lines.append(f"raw metrics: curl http://127.0.0.1:{args.metrics_port}/metrics (while it runs)")
     if prometheus is None:

@@ -37,7 +37,6 @@ from typing import Any
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-FORMATS = ("text", "json")
 #: the record's attributes in every line, and their names there
 _FIELDS = ("levelname", "name", "message", "worker", "group", "assignment")
 _RENAMED = {"levelname": "level", "name": "logger"}

@@ -38,11 +38,10 @@ class RoutedTable:
     def __init__(self, app: faust.App, config: Config, policy: Policy) -> None:
         assert policy.routed is not None
         self.app, self.config, self.policy = app, config, policy
-        self.partitions = config.kafka.partitions
         self.table = app.Table(
             ROUTED_TABLE,
             default=None,
-            partitions=self.partitions,
+            partitions=config.kafka.partitions,
             key_type=bytes,
             value_type=bytes,
             extra_topic_configs=changelog_configs(config),

@@ -118,13 +118,13 @@ def run_worker(
         raise ConfigError(
             "--agents", f"unknown agent(s) {sorted(unknown)}; known: {', '.join(AGENTS)} or all"
         )
+    group = group_id(config, sorted(chosen))
     if log_context is not None:
-        log_context.group = group_id(config, sorted(chosen))
+        log_context.group = group
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python: admin only, chatty
     access.authenticate(config.kafka)  # with kafka.security: log in once, clear errors
     if config.kafka.create_topics:
         configs = config.topic_configs()
-        group = group_id(config, sorted(chosen))
         if "labels" in chosen:
             configs.update(changelog_topics(config, group))
         if config.dedup is not None and "router" in chosen:  # created before Faust starts

@@ -22,16 +22,10 @@ from types import TracebackType
 from typing import Any
 
 from hitl_router.errors import PrometheusError, PrometheusQueryError
+from hitl_router.localkafka.broker import _tail
 from hitl_router.localprom.binaries import Binaries, fetch_prometheus
 
 log = logging.getLogger(__name__)
-
-
-def _log_tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return f"({path} does not exist)"
-    text = path.read_bytes().decode(errors="replace").splitlines()[-lines:]
-    return f"--- last lines of {path} ---\n" + "\n".join(text)
 
 
 class LocalPrometheus:
@@ -110,7 +104,7 @@ class LocalPrometheus:
             if self._proc.poll() is not None:
                 code, self._proc = self._proc.returncode, None
                 raise PrometheusError(
-                    f"Prometheus exited during startup (exit {code})\n{_log_tail(self.log_file)}"
+                    f"Prometheus exited during startup (exit {code})\n{_tail(self.log_file)}"
                 )
             if self._ready():
                 return self
@@ -118,7 +112,7 @@ class LocalPrometheus:
         self.stop()
         raise PrometheusError(
             f"Prometheus did not answer {self.url}/-/ready within {timeout:g}s; stopped it\n"
-            f"{_log_tail(self.log_file)}"
+            f"{_tail(self.log_file)}"
         )
 
     def _ready(self) -> bool:
