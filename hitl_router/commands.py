@@ -17,6 +17,7 @@ from hitl_router.errors import InputError
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from hitl_router.demo import add_parser as add_demo
+    from hitl_router.evaluation.command import add_parser as add_evaluate_loop
     from hitl_router.localkafka.broker import add_parser as add_kafka
     from hitl_router.localprom.binaries import add_parser as add_prometheus
     from hitl_router.profile import add_parser as add_profile
@@ -77,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_prometheus(sub)
     add_profile(sub)
     add_simulate(sub)
+    add_evaluate_loop(sub)
     add_demo(sub)
 
 
