@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint bench kafka-jars prometheus-bin clean
+.PHONY: demo test unit integration lint bench kafka-jars prometheus-bin label-studio-venv clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,10 +20,13 @@ kafka-jars: $(STAMP)
 prometheus-bin: $(STAMP)
 	$(BIN)/hitl-router prometheus fetch
 
+label-studio-venv: $(STAMP)
+	$(BIN)/hitl-router label-studio fetch
+
 demo: $(STAMP)
 	$(BIN)/hitl-router demo $(DEMO_ARGS)
 
-test: $(STAMP) kafka-jars prometheus-bin
+test: $(STAMP) kafka-jars prometheus-bin label-studio-venv
 	$(BIN)/ruff check hitl_router tests
 	$(BIN)/ruff format --check hitl_router tests
 	$(BIN)/mypy

@@ -18,7 +18,9 @@ from hitl_router.errors import InputError
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from hitl_router.demo import add_parser as add_demo
     from hitl_router.evaluation.command import add_parser as add_evaluate_loop
+    from hitl_router.labelstudio.command import add_parser as add_bridge
     from hitl_router.localkafka.broker import add_parser as add_kafka
+    from hitl_router.locallabelstudio.server import add_parser as add_label_studio
     from hitl_router.localprom.binaries import add_parser as add_prometheus
     from hitl_router.profile import add_parser as add_profile
     from hitl_router.simulate import add_parser as add_simulate
@@ -76,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     add_kafka(sub)
     add_prometheus(sub)
+    add_label_studio(sub)
+    add_bridge(sub)
     add_profile(sub)
     add_simulate(sub)
     add_evaluate_loop(sub)

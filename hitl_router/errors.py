@@ -52,3 +52,15 @@ class DeliveryError(RouterError, RuntimeError):
 class KafkaAuthError(RouterError, RuntimeError):
     """Kafka refused the worker: authentication failed, or an ACL denies an operation it
     needs (the message names the user, or the resource and the operation)."""
+
+
+class LabelStudioError(RouterError, RuntimeError):
+    """Label Studio cannot be installed, started or reached, or it refused a request.
+
+    ``kind`` is what went wrong, as the bridge's ``hitl_bridge_errors_total{kind}``
+    counts it: ``unreachable`` (no answer), ``unauthorized`` (the token was refused),
+    ``refused`` (another 4xx/5xx answer) or ``setup`` (the local server)."""
+
+    def __init__(self, message: str, kind: str = "setup") -> None:
+        self.kind = kind
+        super().__init__(message)

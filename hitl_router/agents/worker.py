@@ -26,7 +26,7 @@ from hitl_router.agents.routed_table import ROUTED_TABLE
 from hitl_router.agents.routed_table import changelog_configs as routed_changelog_configs
 from hitl_router.agents.topics import admin_client, ensure_topics
 from hitl_router.errors import ConfigError
-from hitl_router.router.config import Config
+from hitl_router.router.config import Config, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,17 @@ def run_worker(
         group_id(config, sorted(chosen)),
         config.config_hash,
     )
+    return execute(app, config.worker, loglevel, log_context)
+
+
+def execute(
+    app: faust.App,
+    worker_config: WorkerConfig,
+    loglevel: str = "info",
+    log_context: json_logs.LogContext | None = None,
+) -> int:
+    """Run ``app`` in a Faust worker until it stops; returns the process exit code (a
+    crash is 1, however Faust ended)."""
     # Every batch allocates ~70 container objects per prediction that die with the batch;
     # with the default thresholds the cyclic GC runs every 700 allocations and keeps
     # re-walking the long-lived app. Freeze what exists now, collect young objects rarely.
@@ -156,7 +167,7 @@ def run_worker(
     gc.set_threshold(*GC_THRESHOLDS)
     threading.excepthook = _thread_excepthook
     worker = _QuietWorker(app, loglevel=loglevel)
-    worker.shutdown_timeout_s = config.worker.shutdown_timeout_s
+    worker.shutdown_timeout_s = worker_config.shutdown_timeout_s
     worker.log_context = log_context
     try:
         worker.execute_from_commandline()

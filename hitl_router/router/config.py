@@ -31,6 +31,7 @@ from hitl_router.router.dedup import DedupSpec, parse_dedup
 from hitl_router.router.diversity import DiversitySpec, parse_diversity
 from hitl_router.router.drift_alarm import PersistenceSpec, parse_persistence
 from hitl_router.router.kafka_security import SecurityConfig, parse_security
+from hitl_router.router.label_studio import LabelStudioConfig, check_queues, parse_label_studio
 from hitl_router.router.priority import DEFAULT_PRIORITY, PrioritySpec, parse_priority
 from hitl_router.router.rules import Node, leaves, parse_rule
 from hitl_router.router.target_rate import TargetRate
@@ -248,6 +249,8 @@ class Config:
     config_hash: str
     #: an id routed to review is not routed again within the retention (router/dedup.py)
     dedup: DedupSpec | None = None
+    #: the Label Studio bridge's section (router/label_studio.py); not in the hash
+    label_studio: LabelStudioConfig | None = None
 
     def review_topics(self) -> list[str]:
         return [q.topic for q in self.queues]
@@ -299,6 +302,8 @@ class Config:
         ]
         if self.dedup is not None:  # no block: hashes of older configs hold
             out["dedup"] = asdict(self.dedup)
+        if self.label_studio is not None:
+            out["label_studio"] = self.label_studio.describe()
         out["config_hash"] = self.config_hash
         return out
 
@@ -344,6 +349,7 @@ def parse_config(data: Any) -> Config:
             "metrics",
             "worker",
             "dedup",
+            "label_studio",
         },
     )
     kafka = _section(root, "kafka", KafkaConfig, nested={"security": parse_security})
@@ -384,8 +390,13 @@ def parse_config(data: Any) -> Config:
         worker=worker,
         config_hash="",
         dedup=parse_dedup(root["dedup"]) if root.get("dedup") is not None else None,
+        label_studio=_label_studio(root),
     )
+    if cfg.label_studio is not None:
+        check_queues(cfg.label_studio, [q.name for q in cfg.queues])
     described = cfg.describe()
+    # the bridge's settings do not change a decision: the routing hash ignores them
+    described.pop("label_studio", None)
     # keys added later, at their defaults, stay out of the hash: older configs' hold
     if metrics.host == MetricsConfig.host:
         del described["metrics"]["host"]
@@ -393,6 +404,11 @@ def parse_config(data: Any) -> Config:
         del described["drift"]["persistence"]
     digest = hashlib.sha256(orjson.dumps(described, option=orjson.OPT_SORT_KEYS))
     return replace(cfg, config_hash=digest.hexdigest()[:12])
+
+
+def _label_studio(root: Mapping[str, Any]) -> LabelStudioConfig | None:
+    value = root.get("label_studio")
+    return None if value is None else parse_label_studio(value)
 
 
 def _limits(root: Mapping[str, Any]) -> LimitsConfig:
