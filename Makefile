@@ -30,7 +30,7 @@ test: $(STAMP) kafka-jars prometheus-bin label-studio-venv
 	$(BIN)/ruff check hitl_router tests
 	$(BIN)/ruff format --check hitl_router tests
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

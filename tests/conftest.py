@@ -26,20 +26,6 @@ ANNOTATOR_EMAIL = "annotator@hitl-router.local"
 ANNOTATOR_TOKEN = "a11071a70250000000000000000000000000000a"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``make test`` runs two pytest-xdist workers (``-n 2 --dist loadgroup``): the
-    integration tests mostly wait on timeouts and brokers, so two at a time halve the
-    suite's time. A test file's tests stay in one worker (its module-scoped fixtures, such
-    as a broker of its own, are made once), and the files that use Label Studio share one
-    (one server per session)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            group = item.nodeid.split("::", 1)[0]
-            if item.get_closest_marker("labelstudio") is not None:
-                group = "labelstudio"
-            item.add_marker(pytest.mark.xdist_group(group))
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,5 +1,7 @@
 """The Label Studio bridge against a real Label Studio (its PyPI package, SQLite, on
-localhost) and the real local Kafka: the routing worker's review items and eval samples
+localhost) and the real local Kafka (one file: ``make test`` runs a file per pytest-xdist
+worker, so the session's one Label Studio serves all of them). First the local server
+itself (health, tokens); then the bridge: the routing worker's review items and eval samples
 become tasks, once each; annotations made through Label Studio's API come back as
 labels the labels agent joins; an unreachable Label Studio or a refused token acks
 nothing until Label Studio takes the tasks."""
@@ -11,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -20,6 +24,7 @@ import orjson
 import pytest
 
 from hitl_router.labelstudio.interface import alias
+from hitl_router.locallabelstudio import LabelStudioError, LabelStudioServer, health, whoami
 from hitl_router.simulate import Simulator
 from tests.conftest import REPO, free_port
 from tests.integration.faults import replay_fates
@@ -38,6 +43,45 @@ pytestmark = [pytest.mark.kafka, pytest.mark.labelstudio, pytest.mark.timeout(90
 TOKEN_ENV = "HITL_TEST_BRIDGE_TOKEN"
 
 
+# ---- the local Label Studio of the session -------------------------------------------
+
+
+def test_health_answers_up(label_studio: LabelStudioServer) -> None:
+    assert health(label_studio.url)
+    with urllib.request.urlopen(f"{label_studio.url}/health", timeout=10) as resp:
+        assert resp.status == 200
+        assert json.loads(resp.read()) == {"status": "UP"}
+
+
+def test_admin_token_authenticates(label_studio: LabelStudioServer) -> None:
+    me = whoami(label_studio.url, label_studio.token)
+    assert me["id"] == label_studio.admin_id
+    assert isinstance(me["id"], int)
+
+
+def test_annotator_token_is_a_different_user(label_studio: LabelStudioServer) -> None:
+    if label_studio.annotator_token is None:
+        pytest.skip("HITL_TEST_LABEL_STUDIO_URL: an external server has no annotator")
+    me = whoami(label_studio.url, label_studio.annotator_token)
+    assert me["id"] == label_studio.annotator_id
+    assert me["id"] != label_studio.admin_id
+    assert me["email"] == label_studio.annotator_email == "annotator@hitl-router.local"
+
+
+def test_wrong_token_gets_401(label_studio: LabelStudioServer) -> None:
+    with pytest.raises(LabelStudioError) as info:
+        whoami(label_studio.url, "0" * 40)
+    assert info.value.kind == "unauthorized"
+    assert "HTTP 401" in str(info.value)
+    request = urllib.request.Request(f"{label_studio.url}/api/projects")  # no token at all
+    with pytest.raises(urllib.error.HTTPError) as http_info:
+        urllib.request.urlopen(request, timeout=10)
+    assert http_info.value.code == 401
+
+
+# ---- the bridge --------------------------------------------------------------------------
+
+
 def _config(path: Path, bootstrap: str, url: str, **label_studio: Any) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     section = {
@@ -47,8 +91,6 @@ def _config(path: Path, bootstrap: str, url: str, **label_studio: Any) -> dict[s
         "eval_project": f"t{tag} eval",
         "poll_interval_s": 1.0,
         "poll_overlap_s": 2.0,
-        "retry_initial_s": 0.5,
-        "retry_max_s": 2.0,
         "state_topic": f"ls-state-{tag}",
         "group_id": f"ls-bridge-{tag}",
         "metrics_port": free_port(),
