@@ -30,7 +30,8 @@ test: $(STAMP) kafka-jars prometheus-bin label-studio-venv
 	$(BIN)/ruff check hitl_router tests
 	$(BIN)/ruff format --check hitl_router tests
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadfile -m "not faults" $(PYTEST_ARGS)
+	$(BIN)/pytest -m faults tests/integration/test_faults.py $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
