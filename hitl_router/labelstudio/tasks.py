@@ -63,17 +63,10 @@ class TaskSpec:
 
 def review_task(raw: bytes | None) -> TaskSpec | ErrorInfo:
     """The task of one review item (``review.<queue>``), or why it cannot be one."""
-    doc = _object(raw)
-    if isinstance(doc, ErrorInfo):
-        return doc
-    problem = _require(doc, {"id": str, "model": str, "queue": str, "prediction": dict})
-    if problem:
-        return problem
-    prediction = doc["prediction"]
-    parsed = _classes(prediction)
+    parsed = _parse(raw, {"id": str, "model": str, "queue": str, "prediction": dict})
     if isinstance(parsed, ErrorInfo):
         return parsed
-    classes, probs = parsed
+    doc, prediction, classes, probs = parsed
     top = max(range(len(probs)), key=probs.__getitem__)
     scores = doc.get("scores") if isinstance(doc.get("scores"), dict) else {}
     p_top = _number(scores.get("max_prob"), probs[top])
@@ -101,17 +94,10 @@ def review_task(raw: bytes | None) -> TaskSpec | ErrorInfo:
 
 def eval_task(raw: bytes | None, blind: bool = True) -> TaskSpec | ErrorInfo:
     """The task of one eval sample (``eval.samples``): blind by default."""
-    doc = _object(raw)
-    if isinstance(doc, ErrorInfo):
-        return doc
-    problem = _require(doc, {"id": str, "model": str, "prediction": dict})
-    if problem:
-        return problem
-    prediction = doc["prediction"]
-    parsed = _classes(prediction)
+    parsed = _parse(raw, {"id": str, "model": str, "prediction": dict})
     if isinstance(parsed, ErrorInfo):
         return parsed
-    classes, probs = parsed
+    doc, prediction, classes, probs = parsed
     data: dict[str, Any] = {
         "id": doc["id"],
         "model": doc["model"],
@@ -175,6 +161,23 @@ def _pre(doc: Mapping[str, Any], top: int, score: float) -> dict[str, Any]:
         "score": score,
     }
     return {"model_version": str(doc["model"]), "score": score, "result": [result]}
+
+
+_Parsed = tuple[dict[str, Any], dict[str, Any], tuple[str, ...], list[float]]
+
+
+def _parse(raw: bytes | None, kinds: Mapping[str, type]) -> _Parsed | ErrorInfo:
+    """The item, its prediction, the prediction's classes and probabilities."""
+    doc = _object(raw)
+    if isinstance(doc, ErrorInfo):
+        return doc
+    problem = _require(doc, kinds)
+    if problem:
+        return problem
+    classes = _classes(doc["prediction"])
+    if isinstance(classes, ErrorInfo):
+        return classes
+    return doc, doc["prediction"], *classes
 
 
 def _object(raw: bytes | None) -> dict[str, Any] | ErrorInfo:

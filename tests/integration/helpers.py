@@ -126,25 +126,33 @@ def cli(
     )
 
 
-def start_worker(cfg_path: Path, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """A ``hitl-router worker`` subprocess writing its output to ``log``."""
+def start_cli(log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A ``hitl-router ARGS`` subprocess writing its output to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hitl_router.cli",
-                "worker",
-                "-c",
-                str(cfg_path),
-                "--metrics-port",
-                str(port),
-                *extra,
-            ],
+            [sys.executable, "-m", "hitl_router.cli", *args],
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
         )
+
+
+def start_worker(cfg_path: Path, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A ``hitl-router worker`` subprocess writing its output to ``log``."""
+    return start_cli(log, "worker", "-c", str(cfg_path), "--metrics-port", str(port), *extra)
+
+
+def until(value: Any, want: Any, timeout: float, what: str) -> Any:
+    """Poll ``value()`` until ``want(v)`` holds (or ``v == want``); return ``v``."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = value()
+        if want(last) if callable(want) else last == want:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not reached in {timeout:.0f} s (last: {last!r})")
 
 
 def wait_metrics(

@@ -32,9 +32,11 @@ from tests.integration.helpers import (
     drain,
     produce,
     scrape,
+    start_cli,
     start_worker,
     stop,
     total,
+    until,
     wait_metrics,
     write_config,
 )
@@ -114,22 +116,7 @@ def _config(path: Path, bootstrap: str, url: str, **label_studio: Any) -> dict[s
 
 def _start_bridge(cfg_path: Path, log: Path, token: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, TOKEN_ENV: token}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hitl_router.cli",
-                "bridge",
-                "label-studio",
-                "-c",
-                str(cfg_path),
-            ],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    return start_cli(log, "bridge", "label-studio", "-c", str(cfg_path), env=env)
 
 
 def _client(url: str, token: str) -> Any:
@@ -148,17 +135,6 @@ def _project(ls: Any, title: str) -> int | None:
 def _tasks(ls: Any, title: str) -> list[Any]:
     pid = _project(ls, title)
     return [] if pid is None else list(ls.tasks.list(project=pid, fields="all", page_size=1000))
-
-
-def _until(value: Any, want: Any, timeout: float, what: str) -> Any:
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = value()
-        if want(last) if callable(want) else last == want:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not reached in {timeout:.0f} s (last: {last!r})")
 
 
 def _annotate(
@@ -247,8 +223,8 @@ def test_items_become_tasks_once_and_annotations_come_back_as_joined_labels(
         assert set(by_id) == eval_ids | review_ids
 
         admin = _client(label_studio.url, label_studio.token)
-        _until(lambda: len(_tasks(admin, review_title)), len(review_ids), 120, "review tasks")
-        _until(lambda: len(_tasks(admin, eval_title)), len(eval_ids), 60, "eval tasks")
+        until(lambda: len(_tasks(admin, review_title)), len(review_ids), 120, "review tasks")
+        until(lambda: len(_tasks(admin, eval_title)), len(eval_ids), 60, "eval tasks")
 
         # review tasks: the model's answer as a pre-annotation, its scores, reasons, priority
         review_tasks = {task.data["id"]: task for task in _tasks(admin, review_title)}
@@ -289,7 +265,7 @@ def test_items_become_tasks_once_and_annotations_come_back_as_joined_labels(
             [r.value for r in again if r.topic == t["eval"]],
             [r.key for r in again if r.topic == t["eval"]],
         )
-        _until(
+        until(
             lambda: total(scrape(bport), "hitl_bridge_tasks_skipped_total"),
             len(again),
             60,
@@ -370,7 +346,7 @@ def test_items_become_tasks_once_and_annotations_come_back_as_joined_labels(
         assert update["revision"] != first["revision"]
 
         # the labels agent joins them: every label, none dead-lettered
-        _until(
+        until(
             lambda: total(scrape(labels_port), "hitl_labels_total"),
             len(expected) + 1,
             90,
@@ -511,7 +487,7 @@ def test_label_studio_unreachable_acks_nothing_and_retries_until_it_answers(
     bport = section["metrics_port"]
     try:
         wait_metrics(bridge, bport, log=log)
-        _until(
+        until(
             lambda: total(scrape(bport), "hitl_bridge_errors_total", kind="unreachable"),
             lambda n: n >= 3,
             60,
@@ -528,12 +504,12 @@ def test_label_studio_unreachable_acks_nothing_and_retries_until_it_answers(
         proxy.start()  # Label Studio answers again
         admin = _client(label_studio.url, label_studio.token)
         title = section["title_prefix"] + "uncertain"
-        _until(lambda: len(_tasks(admin, title)), 5, 60, "tasks once it answers")
+        until(lambda: len(_tasks(admin, title)), 5, 60, "tasks once it answers")
         letters = drain(kafka_bootstrap, [cfg["topics"]["deadletter"]], until=1, timeout=30)
         (letter,) = [orjson.loads(r.value) for r in letters]
         assert letter["error"]["code"] == "not_json"
         assert letter["source"]["topic"] == queue["topic"]
-        _until(
+        until(
             lambda: _committed(kafka_bootstrap, section["group_id"], queue["topic"]),
             6,
             30,
@@ -558,7 +534,7 @@ def test_a_refused_token_is_a_clear_error_and_nothing_is_acked_until_it_is_taken
     bport = section["metrics_port"]
     try:
         wait_metrics(bridge, bport, log=log)
-        _until(
+        until(
             lambda: total(scrape(bport), "hitl_bridge_errors_total", kind="unauthorized"),
             lambda n: n >= 2,
             60,
@@ -573,13 +549,13 @@ def test_a_refused_token_is_a_clear_error_and_nothing_is_acked_until_it_is_taken
 
         # the token becomes a user's: the next retry goes through
         label_studio_server.add_user(f"bridge-{token[:6]}@hitl-router.local", "pass-123456", token)
-        _until(
+        until(
             lambda: len(_tasks(admin, section["title_prefix"] + "uncertain")),
             3,
             60,
             "tasks once the token is taken",
         )
-        _until(
+        until(
             lambda: _committed(kafka_bootstrap, section["group_id"], queue["topic"]),
             3,
             30,

@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     start_worker,
     stop,
     total,
+    until,
     wait_metrics,
 )
 
@@ -65,18 +66,6 @@ def _by_id(records: list[Any]) -> dict[str, dict[str, Any]]:
 
 def _send_labels(bootstrap: str, topic: str, docs: list[dict[str, Any]]) -> None:
     produce(bootstrap, topic, [orjson.dumps(d) for d in docs], [d["id"].encode() for d in docs])
-
-
-def _until(value, want, timeout: float, what: str) -> Any:
-    """Poll ``value()`` until ``want(v)`` holds (or ``v == want``); return ``v``."""
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = value()
-        if want(last) if callable(want) else last == want:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not reached in {timeout:.0f} s (last: {last!r})")
 
 
 def _explain(bootstrap: str, topics: dict[str, str], ports: list[int]) -> str:
@@ -158,7 +147,7 @@ def test_labels_join_measure_and_calibrate_with_two_label_workers(kafka_bootstra
         produce(kafka_bootstrap, t["labels"], list(bad), list(bad.values()))
         n_labels = len(labels) + 1
         try:
-            _until(lambda: _sum(ports, "hitl_labels_total"), n_labels, 120, "every label joined")
+            until(lambda: _sum(ports, "hitl_labels_total"), n_labels, 120, "every label joined")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; {_explain(kafka_bootstrap, t, ports)}") from None
 
@@ -180,7 +169,7 @@ def test_labels_join_measure_and_calibrate_with_two_label_workers(kafka_bootstra
         for d in [*labels, stray]:
             firsts.setdefault(d["id"], d)
         n_eval = sum(1 for d in firsts.values() if d["source"] == "eval")
-        owners = _until(
+        owners = until(
             lambda: [
                 p for p in ports if total(scrape(p), "hitl_eval_labels", model=MODEL) == n_eval
             ],
@@ -219,7 +208,7 @@ def test_labels_join_measure_and_calibrate_with_two_label_workers(kafka_bootstra
         temperature = latest[key]["temperature"]
         assert temperature > 1.5 and latest[key]["nll_after"] < latest[key]["nll_before"]
         for p in [router_port]:
-            _until(
+            until(
                 lambda p=p: total(scrape(p), "hitl_calibration_temperature", model=key),
                 temperature,
                 30,
