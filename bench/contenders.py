@@ -4,25 +4,30 @@ Every contender runs as subprocesses reading the prefilled topic with a fresh co
 group and writing to its own output topics. Throughput is N / (t_last - t_first) over the
 CreateTime stamps of all its output records (set by its producer at send time), read
 after the run; CPU time per message is read from ``/proc`` between the first output and
-the N-th.
+the N-th. The contenders that decide (the router, the confluent-kafka loop, the Quix app)
+have their fates checked against replay's (``bench/agreement.py``) once they stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench import procs
+from bench import agreement, procs
 from bench.kafka_io import Admin, OutputReader, free_port, prefill
 from bench.peer import topics as peer_topics
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.25
 
@@ -235,11 +240,14 @@ async def run_processes(
     outputs: list[str],
     start: Callable[[], list[procs.Proc]],
     feed: Callable[[list[procs.Proc]], Awaitable[dict[str, Any]]] | None = None,
+    labels: Mapping[str, str] | None = None,
+    topic_configs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Create ``outputs``, start the processes ``start()`` returns, ``feed`` them if given,
-    measure, stop them."""
-    await asyncio.to_thread(setup.admin.create_topics, outputs, setup.partitions)
-    reader = OutputReader(setup.bootstrap, outputs, setup.partitions)
+    """Create ``outputs`` (with ``topic_configs``), start the processes ``start()``
+    returns, ``feed`` them if given, measure, stop them; with ``labels`` (output topic →
+    fate), check the fates of the outputs against replay's (``result["agreement"]``)."""
+    await asyncio.to_thread(setup.admin.create_topics, outputs, setup.partitions, topic_configs)
+    reader = OutputReader(setup.bootstrap, outputs, setup.partitions, labels)
     await reader.start()
     running: list[procs.Proc] = []
     try:
@@ -252,7 +260,44 @@ async def run_processes(
     result.update(fed)
     result["shutdown_s"] = stop_s
     result["killed_at_shutdown"] = [p.name for p in running if p.killed]
+    if labels is not None:
+        ref = await reference_fates(setup)
+        result["agreement"] = check = agreement.compare(ref, reader.stats.fates)
+        if not check["ok"]:
+            log.error(
+                "FATES DIFFER from replay's: %s; e.g. %s",
+                agreement.summary(check).replace("*", ""),
+                check["examples"][:3] or check["missing_examples"][:3],
+            )
     return result
+
+
+_REFERENCE: dict[str, agreement.Fates] = {}
+_SETTINGS: dict[str, dict[str, Any]] = {}
+
+
+async def reference_fates(setup: Setup) -> agreement.Fates:
+    """Replay's fates of the prefilled messages under the plain benchmark config (computed
+    once per run, between contenders)."""
+    if setup.tag not in _REFERENCE:
+        config = _router_config(setup, "reference", None)
+        t0 = time.perf_counter()
+        ref = await asyncio.to_thread(agreement.reference, setup.messages, config)
+        _REFERENCE[setup.tag] = ref
+        log.info("replay's fates of the %d inputs in %.1f s", setup.count, time.perf_counter() - t0)
+    return _REFERENCE[setup.tag]
+
+
+def worker_settings(setup: Setup) -> dict[str, Any]:
+    """The worker's Kafka client settings (``bench.ceiling.worker_client_settings``) for the
+    benchmark's config, read once per run."""
+    if setup.tag not in _SETTINGS:
+        from bench.ceiling import worker_client_settings
+        from hitl_router.router.config import parse_config
+
+        cfg = parse_config(router_config(setup, "settings"))
+        _SETTINGS[setup.tag] = worker_client_settings(cfg)
+    return _SETTINGS[setup.tag]
 
 
 async def router(setup: Setup, name: str = "router", dedup: bool = True) -> dict[str, Any]:
@@ -264,8 +309,13 @@ async def router(setup: Setup, name: str = "router", dedup: bool = True) -> dict
     config = router_config(setup, name, dedup=dedup)
     path = write_config(setup, config, name)
     profile = setup.tmp / f"{name}.pyspy.txt" if setup.py_spy else None
+    # with load control, budgets and caps make fates differ from the plain rules' by design
+    labels = None if setup.load_control else agreement.router_labels(config)
     result = await run_processes(
-        setup, output_topics(config), lambda: spawn_workers(setup, path, name, 1, profile)
+        setup,
+        output_topics(config),
+        lambda: spawn_workers(setup, path, name, 1, profile),
+        labels=labels,
     )
     if profile is not None:
         result["profile"] = {"raw": str(profile)}
@@ -333,4 +383,60 @@ async def peer(setup: Setup) -> dict[str, Any]:
         setup,
         list(peer_topics(setup.tag).values()),
         lambda: [procs.Proc("peer", argv, setup.tmp / "peer.log", env=setup.env)],
+    )
+
+
+def _librdkafka_args(setup: Setup) -> list[str]:
+    from bench.confluent_pass import librdkafka_settings
+
+    return ["--settings", json.dumps(librdkafka_settings(worker_settings(setup)))]
+
+
+async def confluent_pass(setup: Setup, name: str = "confluent-pass") -> dict[str, Any]:
+    """confluent-kafka consume → produce of the same bytes to one topic (the limit of a
+    Python process)."""
+    output = f"bench-{name}-out-{setup.tag}"
+    argv = [procs.PYTHON, "-m", "bench.confluent_pass", "--bootstrap", setup.bootstrap]
+    argv += ["--input", setup.input_topic, "--group", f"bench-{name}-{setup.tag}"]
+    argv += ["--output", output, *_librdkafka_args(setup)]
+    return await run_processes(
+        setup, [output], lambda: [procs.Proc(name, argv, setup.tmp / f"{name}.log", env=setup.env)]
+    )
+
+
+async def confluent_loop(setup: Setup, name: str = "confluent-loop") -> dict[str, Any]:
+    """The router's rules and outputs hand-written on confluent-kafka, per message."""
+    from bench.confluent_loop import topics
+
+    names = topics(name, setup.tag)
+    argv = [procs.PYTHON, "-m", "bench.confluent_loop", "--bootstrap", setup.bootstrap]
+    argv += ["--input", setup.input_topic, "--group", f"bench-{name}-{setup.tag}"]
+    argv += ["--tag", setup.tag, "--name", name, *_librdkafka_args(setup)]
+    return await run_processes(
+        setup,
+        list(names.values()),
+        lambda: [procs.Proc(name, argv, setup.tmp / f"{name}.log", env=setup.env)],
+        labels={topic: fate for fate, topic in names.items()},
+    )
+
+
+async def quix(setup: Setup, name: str = "quix") -> dict[str, Any]:
+    """The same rules and outputs as a Quix Streams app, in its own venv. Its output topics
+    stamp records at append (LogAppendTime): Quix gives an output its input's timestamp."""
+    from bench import quix_venv
+    from bench.quix_app import topics
+
+    python = await asyncio.to_thread(quix_venv.install)
+    names = topics(name, setup.tag)
+    argv = [str(python), "-m", "bench.quix_app", "--bootstrap", setup.bootstrap]
+    argv += ["--input", setup.input_topic, "--group", f"bench-{name}-{setup.tag}"]
+    argv += ["--tag", setup.tag, "--name", name, "--state-dir", str(setup.tmp / f"{name}-state")]
+    env = {**setup.env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("VIRTUAL_ENV", None)
+    return await run_processes(
+        setup,
+        list(names.values()),
+        lambda: [procs.Proc(name, argv, setup.tmp / f"{name}.log", env=env)],
+        labels={topic: fate for fate, topic in names.items()},
+        topic_configs={"message.timestamp.type": "LogAppendTime"},
     )

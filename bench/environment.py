@@ -53,6 +53,7 @@ def versions(external: bool) -> dict[str, Any]:
         "faust-streaming",
         "aiokafka",
         "kafka-python",
+        "confluent-kafka",
         "numpy",
         "orjson",
         "msgspec",

@@ -9,12 +9,14 @@ import socket
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+
+from bench.agreement import Fates
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +127,15 @@ async def prefill(
 
 @dataclass
 class OutputStats:
-    """What a contender wrote: counts per topic, distinct ids, CreateTime stamps (ms)."""
+    """What a contender wrote: counts per topic, distinct ids, CreateTime stamps (ms), and,
+    with ``labels`` (topic → fate), each key's fate."""
 
     by_topic: Counter[str] = field(default_factory=Counter)
     keys: set[bytes] = field(default_factory=set)
     unkeyed: int = 0
     stamps: array = field(default_factory=lambda: array("q"))
+    labels: Mapping[str, str] | None = None
+    fates: Fates = field(default_factory=Fates)
 
     @property
     def total(self) -> int:
@@ -149,15 +154,24 @@ class OutputStats:
         else:
             self.keys.add(key)
         self.stamps.append(timestamp_ms)
+        if self.labels is not None:
+            self.fates.add(self.labels[topic], key)
 
 
 class OutputReader:
-    """Reads every partition of a contender's output topics from the start (no group)."""
+    """Reads every partition of a contender's output topics from the start (no group);
+    with ``labels`` (topic → fate label), it records each key's fate."""
 
-    def __init__(self, bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        partitions: int,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = list(topics)
-        self.stats = OutputStats()
+        self.stats = OutputStats(labels=labels)
         self._consumer: AIOKafkaConsumer | None = None
         self._tps = [TopicPartition(t, p) for t in self.topics for p in range(partitions)]
 

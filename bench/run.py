@@ -35,7 +35,24 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "latest.json"  # of a complete run
 PARTIAL = REPO / "bench" / "results" / "partial.json"  # of --quick or --skip runs
 MARKDOWN = REPO / "BENCHMARKS.md"
-CONTENDERS = ("router", "ceiling", "peer", "latency", "latency-ceiling", "scale", "drift")
+#: the throughput contenders: (--skip name, results key, label in the log, the coroutine)
+THROUGHPUT: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
+    ("router", "router", "router", contenders.router),
+    ("ceiling", "ceiling", "ceiling", contenders.ceiling),
+    ("confluent-pass", "confluent_pass", "confluent-kafka pass-through", contenders.confluent_pass),
+    ("confluent-loop", "confluent_loop", "confluent-kafka loop", contenders.confluent_loop),
+    ("quix", "quix", "Quix Streams app", contenders.quix),
+)
+CONTENDERS = (
+    *(skip for skip, _, _, _ in THROUGHPUT),
+    "peer",
+    "latency",
+    "latency-ceiling",
+    "scale",
+    "drift",
+)
+#: the anchors of issue #15, each in round_ratios_anchors as router / it
+ANCHORS = ("confluent_pass", "confluent_loop", "quix")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=1,
-        help="run the throughput contenders (router, ceiling) this many times, in a "
+        help="run the throughput contenders (router, ceiling, the anchors) this many times, in a "
         "rotated order each round, and report each one's median run (default: 1)",
     )
     p.add_argument(
@@ -141,11 +158,7 @@ def workload(count: int, tag: str) -> tuple[list[bytes], list[bytes | None], dic
 
 
 async def run_all(args: argparse.Namespace, setup: Setup, results: dict[str, Any]) -> None:
-    from bench.ceiling import worker_client_settings
-    from hitl_router.router.config import parse_config
-
-    cfg = parse_config(contenders.router_config(setup, "settings"))
-    results["worker_settings"] = worker_client_settings(cfg)
+    results["worker_settings"] = contenders.worker_settings(setup)
     await asyncio.to_thread(setup.admin.create_topics, [setup.input_topic], setup.partitions)
     rate = await prefill(
         setup.bootstrap, setup.input_topic, setup.messages, setup.keys, setup.partitions
@@ -170,7 +183,7 @@ async def run_all(args: argparse.Namespace, setup: Setup, results: dict[str, Any
         log.info("%s: %s", name, report.one_line(res))
         return res
 
-    if not {"router", "ceiling"} <= set(args.skip):
+    if any(skip not in args.skip for skip, _, _, _ in THROUGHPUT):
         # A fresh broker's JVM compiles its hot paths during the first contender (C2
         # compiler threads took ~3 s of CPU on the first run, under 1 s on later ones),
         # which charged that work to whichever contender ran first: one unmeasured
@@ -207,17 +220,21 @@ async def _throughput(
     results: dict[str, Any],
     attempt: Callable[[str, Any], Awaitable[dict[str, Any]]],
 ) -> None:
-    """The router and its ceiling (and, with --load-control, the router without dedup:
-    what dedup costs), ``args.rounds`` times. Round r starts r places further into the
+    """The router, its ceiling (and, with --load-control, the router without dedup:
+    what dedup costs) and the anchors of issue #15 (confluent-kafka pass-through and loop,
+    Quix Streams app), ``args.rounds`` times. Round r starts r places further into the
     list, so that no contender always runs after the others: the broker's JVM keeps
     getting faster over the first runs (its CPU per message fell by a third between the
     second and the fourth pass-through of one run), which favoured whichever ran last.
     Each contender's result is its median-rate run, with every round's rate in
-    ``round_rates``; ``round_ratios`` pairs the router with the ceiling of its round."""
+    ``round_rates``; ``round_ratios`` pairs the router with the ceiling of its round,
+    ``round_ratios_anchors`` with each anchor of its round."""
     runs: list[tuple[str, str, Callable[[str], Any]]] = []
-    if "router" not in args.skip:
-        runs.append(("router", "router", lambda n: contenders.router(setup, n)))
-        if args.load_control:
+    for skip, key, label, coro in THROUGHPUT:
+        if skip in args.skip:
+            continue
+        runs.append((key, label, lambda n, coro=coro: coro(setup, n)))
+        if key == "router" and args.load_control:
             runs.append(
                 (
                     "router_no_dedup",
@@ -225,8 +242,6 @@ async def _throughput(
                     lambda n: contenders.router(setup, n, dedup=False),
                 )
             )
-    if "ceiling" not in args.skip:
-        runs.append(("ceiling", "ceiling", lambda n: contenders.ceiling(setup, n)))
     if not runs:
         return
     by_key: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in runs}
@@ -241,11 +256,18 @@ async def _throughput(
         results[key] = ok[(len(ok) - 1) // 2] if ok else done[-1]  # the lower median
         if args.rounds > 1:
             results[key]["round_rates"] = [d.get("rate") if d.get("ok") else None for d in done]
-    if args.rounds > 1 and "router" in by_key and "ceiling" in by_key:
-        results["round_ratios"] = [
+
+    def ratios(of: str) -> list[float | None]:
+        return [
             a["rate"] / b["rate"] if a.get("ok") and b.get("ok") else None
-            for a, b in zip(by_key["router"], by_key["ceiling"], strict=True)
+            for a, b in zip(by_key["router"], by_key[of], strict=True)
         ]
+
+    if args.rounds > 1 and "router" in by_key and "ceiling" in by_key:
+        results["round_ratios"] = ratios("ceiling")
+    anchors = [a for a in ANCHORS if a in by_key]
+    if args.rounds > 1 and "router" in by_key and anchors:
+        results["round_ratios_anchors"] = {a: ratios(a) for a in anchors}
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -320,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             load_control=args.load_control,
         )
         asyncio.run(run_all(args, setup, results))
+        if "quix" in results:
+            from bench import quix_venv
+
+            results["versions"]["quixstreams (own venv)"] = quix_venv.versions()
     except KeyboardInterrupt:
         log.error("interrupted; stopping everything")
         results["interrupted"] = True
@@ -364,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report:  {markdown}")
     if code == 0 and not all(r.get("ok") for _, r in report.named(results)):
         code = 1
+    disagree = report.disagreeing(results)
+    if disagree:
+        print(f"FATES DIFFER from replay's: {', '.join(disagree)} (see the table)")
+        code = code or 1
     return code
 
 

@@ -1,0 +1,170 @@
+"""The benchmark's anchors (issue #15) decide like the router, without a broker.
+
+The confluent-kafka loop and the Quix Streams app run ``bench.anchor_rules.decide`` per
+message (the Quix app through ``bench.quix_app.routed``, importable without quixstreams);
+their fates on simulated predictions, malformed ones included, must be ``replay``'s.
+"""
+
+from __future__ import annotations
+
+import doctest
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bench import agreement, anchor_rules, confluent_loop, quix_app, report
+from bench.contenders import Setup, _router_config
+from hitl_router.simulate import Simulator
+
+N = 600
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    setup = Setup(
+        bootstrap="127.0.0.1:1",
+        input_topic="in",
+        messages=[],
+        keys=[],
+        partitions=6,
+        tag="t",
+        tmp=Path("/nonexistent"),
+        admin=None,  # type: ignore[arg-type]
+        timeout=1.0,
+        broker_pid=None,
+    )
+    return _router_config(setup, "unit", None)
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[bytes]:
+    # more flags and malformed messages than the benchmark's workload, for every fate
+    sim = Simulator(seed=7, flag_rate=0.05, malformed_rate=0.05, id_prefix="u")
+    return list(sim.messages(N))
+
+
+@pytest.fixture(scope="module")
+def replayed(messages: list[bytes], config: dict[str, Any]) -> agreement.Fates:
+    return agreement.reference(messages, config)
+
+
+def test_rules_are_the_benchmark_config(config: dict[str, Any]) -> None:
+    """The hand-written constants are the router config's of the benchmark."""
+    assert config["eval_sample"] == {"rate": anchor_rules.EVAL_RATE, "salt": "bench"}
+    assert anchor_rules.SALT == b"bench"
+    assert [q["name"] for q in config["queues"]] == list(anchor_rules.QUEUES)
+    flagged, disagreement, uncertain = (q["when"] for q in config["queues"])
+    assert flagged == {"flags_any": list(anchor_rules.REVIEW_FLAGS)}
+    assert disagreement == {"ensemble_kl_above": anchor_rules.KL_ABOVE}
+    assert uncertain == {
+        "any": [
+            {"max_prob_below": anchor_rules.MAX_PROB_BELOW},
+            {"margin_below": anchor_rules.MARGIN_BELOW},
+        ]
+    }
+    assert config["topics"]["accepted"]  # every input gets an output
+
+
+def test_workload_has_every_fate(replayed: agreement.Fates) -> None:
+    labels = set(replayed.by_key.values())
+    assert labels == set(anchor_rules.FATES), labels
+    assert replayed.unkeyed["deadletter"] > 0  # not JSON, not an object: no id
+
+
+def _fates(decide: Any, messages: list[bytes]) -> tuple[agreement.Fates, list[Any]]:
+    got, outputs = agreement.Fates(), []
+    for offset, raw in enumerate(messages):
+        fate, key, out = decide(raw, "in", 0, offset, 1.0)
+        got.add(fate, key)
+        outputs.append((fate, key, out))
+    return got, outputs
+
+
+def test_confluent_loop_decides_like_replay(
+    messages: list[bytes], replayed: agreement.Fates
+) -> None:
+    got, outputs = _fates(anchor_rules.decide, messages)
+    res = agreement.compare(replayed, got)
+    assert res["ok"], res
+    assert res["checked"] == N and res["deadletter_ids_equal"]
+    names = confluent_loop.topics("confluent-loop", "t")
+    assert set(names) == set(anchor_rules.FATES)
+    for (fate, key, out), raw in zip(outputs, messages, strict=True):
+        doc = orjson.loads(orjson.dumps(out))  # what the loop sends
+        if fate == "deadletter":
+            assert doc["raw"] == raw.decode("utf-8", errors="replace")
+            continue
+        assert key == doc["id"].encode()
+        assert doc["prediction"] == orjson.loads(raw)  # embedded as received
+        if fate.startswith("review-"):
+            assert doc["queue"] == fate.removeprefix("review-")
+            assert doc["reasons"] and doc["reasons"][0]["queue"] == doc["queue"]
+            assert doc["priority"] == pytest.approx(1.0 - doc["scores"]["max_prob"])
+
+
+def test_quix_app_decides_like_replay(messages: list[bytes], replayed: agreement.Fates) -> None:
+    assert "quixstreams" not in sys.modules  # the decision is importable without Quix
+    got, outputs = _fates(quix_app.routed, messages)
+    assert agreement.compare(replayed, got)["ok"]
+    for offset, (row, raw) in enumerate(zip(outputs, messages, strict=True)):
+        # what Quix does at the branching point (a pickled copy), then in the fate's branch
+        key = row[1]
+        out = quix_app.embedded(pickle.loads(pickle.dumps(row)))
+        assert quix_app.key_of(out) == key
+        loop_out = anchor_rules.decide(raw, "in", 0, offset, 1.0)[2]
+        assert orjson.loads(orjson.dumps(out)) == orjson.loads(orjson.dumps(loop_out))
+
+
+def test_a_different_fate_is_caught(messages: list[bytes], replayed: agreement.Fates) -> None:
+    got, _ = _fates(anchor_rules.decide, messages)
+    key = next(k for k, label in got.by_key.items() if label == "accepted")
+    got.by_key[key] = "review-uncertain"
+    got.add("eval", next(iter(got.by_key)))  # one id in two fates' topics
+    res = agreement.compare(replayed, got)
+    assert not res["ok"] and res["differ"] == 1 and res["conflicts"] == 1
+    assert "MISMATCHES" in agreement.summary(res)
+
+
+def test_anchor_rules_doctests() -> None:
+    assert doctest.testmod(anchor_rules).failed == 0
+
+
+def test_report_has_the_anchor_rows_and_targets() -> None:
+    def row(rate: float, **extra: Any) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "rate": rate,
+            "rate_p10_p90": rate,
+            "outputs": N,
+            "duplicates": 0,
+            "span_s": N / rate,
+            "cpu_us_per_msg": 1e6 / rate,
+            **extra,
+        }
+
+    fine = {"ok": True, "checked": N}
+    results: dict[str, Any] = {
+        "router": row(20_000, agreement=fine),
+        "confluent_pass": row(150_000),
+        "confluent_loop": row(22_000, agreement=fine),
+        "quix": row(9_000, agreement={**fine, "ok": False, "differ": 2, "missing": 0}),
+    }
+    results["quix"]["agreement"].update(extra=0, conflicts=0, deadletter_ids_equal=True)
+    report.derive(results)
+    verdicts = {
+        t["metric"]: (round(t["value"], 2), t["pass"])
+        for t in results["targets"]
+        if t["value"] is not None
+    }
+    assert verdicts["router_over_confluent_loop"] == (0.91, False)
+    assert verdicts["router_over_quix"] == (2.22, False)
+    assert verdicts["router_over_confluent_pass"] == (0.13, False)
+    text = report.table(results)
+    assert "Quix Streams app" in text and "2 MISMATCHES" in text
+    assert report.disagreeing(results) == [report.LABELS["quix"]]
+    md = "\n".join(report.md_anchors(results, None))
+    assert "router / confluent-kafka loop = **0.91** (target ≥ 1.5)" in md
