@@ -32,9 +32,10 @@ from tests.integration.helpers import (
     start_worker,
     stop,
     total,
+    until,
     wait_metrics,
 )
-from tests.integration.test_labels_loop import MODEL, _config, _explain, _send_labels, _sum, _until
+from tests.integration.test_labels_loop import MODEL, _config, _explain, _send_labels, _sum
 
 pytestmark = pytest.mark.kafka
 
@@ -121,7 +122,7 @@ def test_label_workers_killed_before_and_during_labels_lose_none(kafka_bootstrap
         procs[1].wait(timeout=10)
         _send_labels(kafka_bootstrap, t["labels"], labels[:third])
         try:
-            _until(lambda: _sum(ports[:1], "hitl_labels_total"), third, 120, f"{third} joined")
+            until(lambda: _sum(ports[:1], "hitl_labels_total"), third, 120, f"{third} joined")
         except AssertionError as exc:
             unjoined = _unjoined(kafka_bootstrap, t, group)
             raise AssertionError(
@@ -133,7 +134,7 @@ def test_label_workers_killed_before_and_during_labels_lose_none(kafka_bootstrap
         wait_metrics(procs[1], ports[1], log=logs[1])
         wait_members(kafka_bootstrap, group, 2)
         _send_labels(kafka_bootstrap, t["labels"], labels[third : 2 * third])
-        _until(lambda: _sum(ports, "hitl_labels_total"), 2 * third, 120, "the second third")
+        until(lambda: _sum(ports, "hitl_labels_total"), 2 * third, 120, "the second third")
         assert total(scrape(ports[1]), "hitl_labels_total") > 0, "the restarted worker joined none"
 
         # 3. the first worker killed while labels stream in: the other one joins the rest
@@ -148,7 +149,7 @@ def test_label_workers_killed_before_and_during_labels_lose_none(kafka_bootstrap
         firsts = {d["id"]: d for d in labels}
         n_eval = sum(1 for d in firsts.values() if d["source"] == "eval")
         try:
-            _until(
+            until(
                 lambda: total(scrape(ports[1]), "hitl_eval_labels", model=MODEL),
                 n_eval,
                 120,
