@@ -29,9 +29,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from hitl_router import toolvenv
 from hitl_router.errors import ConfigError, LabelStudioError
 from hitl_router.localkafka.broker import _tail, cache_dir
-from hitl_router.locallabelstudio.venv import LS_VERSION, _run, install
+from hitl_router.locallabelstudio.venv import LS_VERSION, install
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +381,8 @@ class LocalLabelStudio:
             str(self.executable), "init", "-q", "--username", email, "--password", password,
             "--user-token", token, "--data-dir", str(self.data_dir),
         ]  # fmt: skip
-        proc = _run(cmd, f"label-studio init --username {email}", timeout, self.environment())
+        what = f"label-studio init --username {email}"
+        proc = toolvenv.run(cmd, what, timeout, self.environment(), LabelStudioError)
         try:
             me = self.whoami(token)
         except LabelStudioError as exc:

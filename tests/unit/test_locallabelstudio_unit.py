@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from hitl_router import toolvenv
 from hitl_router.cli import main
 from hitl_router.errors import ConfigError, RouterError
 from hitl_router.locallabelstudio import (
@@ -297,7 +298,7 @@ def test_complete_venv_is_not_rebuilt(home: Path, monkeypatch: pytest.MonkeyPatc
     def no_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("install() ran a command although the venv is complete")
 
-    monkeypatch.setattr(venv_module, "_run", no_run)
+    monkeypatch.setattr(toolvenv, "run", no_run)
     assert install() == root / "bin" / "label-studio"
 
 
