@@ -294,7 +294,8 @@ def build_app(
         if name in agents:
             channel = app.channel()
             channels.append(channel)
-            body = batch_agent(name, handlers[name], internal_error, metrics)
+            errors = metrics.agent_errors.labels(name)
+            body = batch_agent(name, handlers[name], internal_error, errors)
             app.agent(channel, name=name)(body)
 
     async def fan_out(batch: Batch) -> None:
@@ -353,7 +354,8 @@ def _install_labels(
         for topic in topics:  # subscribed and acked by Faust, read by the batching consumer
             app.topics.add(app.topic(topic, **raw))
         channel = app.channel()
-        body = batch_agent(name, handler.handle, handler.internal_error, metrics)
+        errors = metrics.agent_errors.labels(name)
+        body = batch_agent(name, handler.handle, handler.internal_error, errors)
         app.agent(channel, name=name)(body)
         sink = _sink(channel)
         for topic in topics:

@@ -47,7 +47,6 @@ from hitl_router.labelstudio.cursor import PollCursor
 from hitl_router.labelstudio.polling import Polled, poll_project
 from hitl_router.labelstudio.projects import ProjectBook
 from hitl_router.labelstudio.tasks import TaskSpec, eval_task, review_task
-from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import Config
 from hitl_router.router.label_studio import LabelStudioConfig
 from hitl_router.router.outputs import Output, Source, letter_output
@@ -65,19 +64,18 @@ def section(config: Config) -> LabelStudioConfig:
     return config.label_studio
 
 
-def bridged_topics(config: Config) -> dict[str, str]:
-    """Topic → ``review`` or ``eval``: what the bridge consumes."""
-    ls = section(config)
-    chosen = ls.queues if ls.queues is not None else [q.name for q in config.queues]
-    out = {q.topic: "review" for q in config.queues if q.name in chosen}
-    if ls.eval:
-        out[config.topics.eval] = "eval"
-    return out
-
-
 def bridged_queues(config: Config) -> list[str]:
     ls = section(config)
     return list(ls.queues) if ls.queues is not None else [q.name for q in config.queues]
+
+
+def bridged_topics(config: Config) -> dict[str, str]:
+    """Topic → ``review`` or ``eval``: what the bridge consumes."""
+    chosen = bridged_queues(config)
+    out = {q.topic: "review" for q in config.queues if q.name in chosen}
+    if section(config).eval:
+        out[config.topics.eval] = "eval"
+    return out
 
 
 class BridgeApp(RouterApp):
@@ -135,9 +133,7 @@ def build_bridge(
     for topic in kinds:
         app.topics.add(app.topic(topic, value_serializer="raw", key_serializer="raw"))
     channel = app.channel()
-    # batch_agent counts an agent's bugs in the router's metric; the bridge counts its
-    # own in hitl_bridge_errors_total{kind="internal"}
-    errors = RouterMetrics(CollectorRegistry(), 1)
+    errors = metrics.errors.labels("internal")
     app.agent(channel, name="label-studio")(
         batch_agent("label-studio", bridge.handle, bridge.internal_error, errors)
     )

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+from prometheus_client import Counter
 
 from hitl_router.agents.settling import Batch
-from hitl_router.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +21,15 @@ def batch_agent(
     name: str,
     handle: Handler,
     internal_error: Callable[[Batch, BaseException], list[Awaitable[Any]]],
-    metrics: RouterMetrics,
+    errors: Counter,
 ) -> Callable[[faust.StreamT], Awaitable[None]]:
     """An agent body: each batch is handled, then marked finished with the deliveries of
-    its outputs. Never silently: see :func:`handle_batch`."""
+    its outputs. Never silently: see :func:`handle_batch`; ``errors`` counts the batches
+    whose handler raised (e.g. ``hitl_agent_errors_total{agent=name}``)."""
 
     async def agent(stream: faust.StreamT) -> None:
         async for batch in stream:
-            handle_batch(batch, name, handle, internal_error, metrics)
+            handle_batch(batch, name, handle, internal_error, errors)
 
     return agent
 
@@ -38,7 +39,7 @@ def handle_batch(
     name: str,
     handle: Handler,
     internal_error: Callable[[Batch, BaseException], list[Awaitable[Any]]],
-    metrics: RouterMetrics,
+    errors: Counter,
 ) -> None:
     """Handle ``batch``; if that raises (a bug: bad input has its dead letters), handle
     its messages one by one, and dead-letter each one that still fails alone as
@@ -50,7 +51,7 @@ def handle_batch(
         log.exception(
             "%s: a batch of %d failed; handling it message by message", name, len(batch.messages)
         )
-        metrics.agent_errors.labels(name).inc()
+        errors.inc()
         try:
             deliveries = _one_by_one(batch, name, handle, internal_error)
         except Exception as exc:

@@ -149,7 +149,9 @@ def handled(
 ) -> tuple[Batch, list[Any], CollectorRegistry]:
     reg = CollectorRegistry()
     batch = Batch([SimpleNamespace(value=r) for r in raws], 1)
-    handle_batch(batch, "router", handle, internal_error, RouterMetrics(reg))
+    handle_batch(
+        batch, "router", handle, internal_error, RouterMetrics(reg).agent_errors.labels("router")
+    )
     return batch, batch._deliveries, reg
 
 
