@@ -300,13 +300,18 @@ def worker_settings(setup: Setup) -> dict[str, Any]:
     return _SETTINGS[setup.tag]
 
 
-async def router(setup: Setup, name: str = "router", dedup: bool = True) -> dict[str, Any]:
+async def router(
+    setup: Setup, name: str = "router", dedup: bool = True, producer: str | None = None
+) -> dict[str, Any]:
     """One worker over the prefilled topic (under py-spy with ``setup.py_spy``: its CPU
     figures then count py-spy, not the worker, and the result carries the profile).
-    ``dedup``: see :func:`router_config`."""
+    ``dedup``: see :func:`router_config`; ``producer``: ``worker.producer`` (default: the
+    worker's own, librdkafka)."""
     from bench.profile import summarize
 
     config = router_config(setup, name, dedup=dedup)
+    if producer is not None:
+        config["worker"] = {**config["worker"], "producer": producer}
     path = write_config(setup, config, name)
     profile = setup.tmp / f"{name}.pyspy.txt" if setup.py_spy else None
     # with load control, budgets and caps make fates differ from the plain rules' by design
@@ -323,6 +328,12 @@ async def router(setup: Setup, name: str = "router", dedup: bool = True) -> dict
             with profile.open() as lines:
                 result["profile"].update(summarize(lines))
     return result
+
+
+async def router_aiokafka(setup: Setup, name: str = "router-aiokafka") -> dict[str, Any]:
+    """The router with its outputs written by Faust's aiokafka producer (``worker.producer:
+    aiokafka``), the other client it can use."""
+    return await router(setup, name, producer="aiokafka")
 
 
 async def scale(setup: Setup, workers: int) -> dict[str, Any]:

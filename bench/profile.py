@@ -28,7 +28,7 @@ STAGES = (
     ("decide", ("decide_parsed",)),
     ("outputs", ("router_outputs", "eval_outputs")),
     ("metrics", ("observe_router", "observe_sampler", "metrics_handler")),
-    ("publish", ("BatchPublisher",)),
+    ("publish", ("BatchPublisher", "RdkafkaPublisher.deliver")),
     ("producer sender", ("Sender.",)),
     ("fetch loop", ("_drain_messages", "BatchingConsumer._fetch")),
     ("settle and ack", ("_settle",)),
@@ -53,7 +53,9 @@ def summarize(lines: Iterable[str]) -> dict[str, Any]:
         elif any(f in stack for f in STARTUP):
             startup += n
         elif "Thread._bootstrap" in frames[0]:
-            counts["consumer thread"] += n
+            # librdkafka's delivery reports are served by a thread of their own
+            thread = "delivery reports thread" if "RdkafkaPublisher._poll" in stack else None
+            counts[thread or "consumer thread"] += n
         else:
             stage = next((s for s, keys in STAGES if any(k in stack for k in keys)), "other")
             counts[f"main: {stage}"] += n

@@ -27,6 +27,7 @@ ANCHOR_RATIOS = {
 LABELS = {
     "router": "router (1 worker)",
     "router_no_dedup": "router (1 worker), dedup off",
+    "router_aiokafka": "router (1 worker), outputs by aiokafka",
     "ceiling": "ceiling: aiokafka pass-through",
     "confluent_pass": "confluent-kafka pass-through (the limit)",
     "confluent_loop": "confluent-kafka loop, same rules and outputs",

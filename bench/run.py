@@ -38,6 +38,7 @@ MARKDOWN = REPO / "BENCHMARKS.md"
 #: the throughput contenders: (--skip name, results key, label in the log, the coroutine)
 THROUGHPUT: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
     ("router", "router", "router", contenders.router),
+    ("router-aiokafka", "router_aiokafka", "router, aiokafka producer", contenders.router_aiokafka),
     ("ceiling", "ceiling", "ceiling", contenders.ceiling),
     ("confluent-pass", "confluent_pass", "confluent-kafka pass-through", contenders.confluent_pass),
     ("confluent-loop", "confluent_loop", "confluent-kafka loop", contenders.confluent_loop),

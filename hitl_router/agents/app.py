@@ -41,6 +41,7 @@ from hitl_router.agents.json_logs import worker_id
 from hitl_router.agents.label_join import LabelJoiner
 from hitl_router.agents.label_windows import WindowKeeper
 from hitl_router.agents.publishing import BatchPublisher
+from hitl_router.agents.rdkafka_publishing import RdkafkaPublisher, producer_config
 from hitl_router.agents.routed_table import RoutedTable
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.metrics import RouterMetrics
@@ -216,14 +217,13 @@ def build_app(
     if "router" in agents or "labels" in agents:
         # routers apply the newest temperatures; the label loop judges fits against them
         calibration_feed.install(app, config, policy.temperatures, feedback)
-    publisher: list[BatchPublisher] = []
+    publisher: list[BatchPublisher | RdkafkaPublisher] = []
 
     def publish(outputs: list[Output]) -> list[Awaitable[Any]]:
         """Hand outputs to the producer in the background (the agent goes on with the
         next batch meanwhile); the returned awaitable resolves once all are delivered."""
-        if not publisher:  # the aiokafka producer exists once the app has started
-            producer = app.producer._ensure_producer()
-            publisher.append(BatchPublisher(producer, config.worker.delivery_timeout_s))
+        if not publisher:
+            publisher.append(_publisher(app, config))
         if not outputs:
             return []
         task = asyncio.ensure_future(publisher[0].deliver(outputs))
@@ -309,6 +309,26 @@ def build_app(
         app.batch_topics.update(_install_labels(app, config, policy, feedback, publish))
     app.worker_settings = config.worker
     return app
+
+
+def _publisher(app: faust.App, config: Config) -> BatchPublisher | RdkafkaPublisher:
+    """The outputs' publisher, made at the first publish (the app runs by then):
+    librdkafka's (``worker.producer``, the default), closed with the app, or one on
+    Faust's own aiokafka producer."""
+    timeout = config.worker.delivery_timeout_s
+    if config.worker.producer == "aiokafka":
+        return BatchPublisher(app.producer._ensure_producer(), timeout)
+    conf = producer_config(config, producer_timeout_s(config.worker))
+    publisher = RdkafkaPublisher(conf, timeout)
+
+    async def close(sender: Any = None, **kwargs: Any) -> None:
+        # what is still queued was not acked: redone from the committed offset
+        left = await asyncio.get_running_loop().run_in_executor(None, publisher.close, 1.0)
+        if left:
+            log.info("%d outputs not delivered at the stop: they will be redone", left)
+
+    app.on_before_shutdown.connect(close)
+    return publisher
 
 
 def _share_budgets(app: faust.App, config: Config, policy: Policy) -> None:

@@ -232,6 +232,13 @@ class WorkerConfig:
     #: partitions back without a rebalance. ``{hostname}`` is replaced by the host name
     #: (unique per pod in a StatefulSet); null: dynamic membership
     group_instance_id: str | None = None
+    #: the Kafka client that writes the outputs: ``librdkafka`` (confluent-kafka: batches
+    #: built in C, off the event loop) or ``aiokafka`` (Faust's own producer)
+    producer: str = "librdkafka"
+
+
+#: the clients ``worker.producer`` may name
+PRODUCERS = ("librdkafka", "aiokafka")
 
 
 @dataclass(frozen=True)
@@ -402,6 +409,8 @@ def parse_config(data: Any) -> Config:
         del described["metrics"]["host"]
     if drift.persistence == PersistenceSpec():
         del described["drift"]["persistence"]
+    # nor does the client that writes the outputs
+    del described["worker"]["producer"]
     digest = hashlib.sha256(orjson.dumps(described, option=orjson.OPT_SORT_KEYS))
     return replace(cfg, config_hash=digest.hexdigest()[:12])
 
@@ -519,6 +528,10 @@ def _check_worker_timeouts(worker: WorkerConfig) -> None:
             "worker.heartbeat_interval_ms",
             "must be at least 100 and at most a third of worker.session_timeout_ms, got "
             f"{worker.heartbeat_interval_ms}",
+        )
+    if worker.producer not in PRODUCERS:
+        raise ConfigError(
+            "worker.producer", f"expected one of {', '.join(PRODUCERS)}, got {worker.producer!r}"
         )
     gid = worker.group_instance_id
     if gid is not None and not _INSTANCE_ID.match(gid.replace("{hostname}", "h")):

@@ -1,9 +1,9 @@
-"""BatchPublisher against the real broker: every output lands on its key's partition
-(or on the partition it names);
-a failed output fails ``deliver`` even when later outputs of its partition succeed;
-outputs queued for a partition that vanished (topic deleted, re-created smaller) are
-sent again. (A delivery that cannot complete in time: tests/integration/test_faults.py,
-with the broker stopped.)"""
+"""Both publishers against the real broker — librdkafka's (:class:`RdkafkaPublisher`,
+the worker's default) and aiokafka's (:class:`BatchPublisher`): every output lands on
+its key's partition (or on the partition it names); a failed output fails ``deliver``
+even when later outputs of its partition succeed; outputs queued for a partition that
+vanished (topic deleted, re-created smaller) are sent again. (A delivery that cannot
+complete in time: tests/integration/test_faults.py, with the broker stopped.)"""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from hitl_router.agents.publishing import BatchPublisher
+from hitl_router.agents.rdkafka_publishing import RdkafkaPublisher, producer_config
 from hitl_router.errors import DeliveryError
+from hitl_router.router.config import parse_config
 from hitl_router.router.outputs import Output
 from hitl_router.router.partitioning import partitions_of
 from tests.integration.helpers import drain
@@ -34,26 +36,52 @@ def _topic(bootstrap: str, partitions: int, **configs: str) -> str:
     return name
 
 
-async def _deliver(bootstrap: str, outputs: list[Output], timeout_s: float = 30.0) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        linger_ms=5,
-        acks="all",
-        request_timeout_ms=int(timeout_s * 1000),
-    )
-    await producer.start()
-    try:
-        await BatchPublisher(producer, timeout_s).deliver(outputs)
-    finally:
-        await producer.stop()
+PRODUCERS = pytest.mark.parametrize("producer", ["librdkafka", "aiokafka"])
 
 
-def test_deliver_writes_every_output_to_its_keys_partition(kafka_bootstrap: str) -> None:
+class _Publisher:
+    """A started publisher of either kind, with its producer's view of a topic."""
+
+    def __init__(self, producer: str, bootstrap: str, timeout_s: float) -> None:
+        self.kind, self.bootstrap, self.timeout_s = producer, bootstrap, timeout_s
+
+    async def __aenter__(self) -> BatchPublisher | RdkafkaPublisher:
+        if self.kind == "librdkafka":  # the worker's settings for this broker
+            config = parse_config({"kafka": {"bootstrap_servers": self.bootstrap}})
+            self.rd = RdkafkaPublisher(producer_config(config, 2 * self.timeout_s), self.timeout_s)
+            return self.rd
+        self.aio = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            linger_ms=5,
+            acks="all",
+            request_timeout_ms=int(self.timeout_s * 1000),
+        )
+        await self.aio.start()
+        return BatchPublisher(self.aio, self.timeout_s)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.kind == "librdkafka":
+            self.rd.close(0)
+        else:
+            await self.aio.stop()
+
+
+async def _deliver(
+    producer: str, bootstrap: str, outputs: list[Output], timeout_s: float = 30.0
+) -> None:
+    async with _Publisher(producer, bootstrap, timeout_s) as publisher:
+        await publisher.deliver(outputs)
+
+
+@PRODUCERS
+def test_deliver_writes_every_output_to_its_keys_partition(
+    producer: str, kafka_bootstrap: str
+) -> None:
     small, large = _topic(kafka_bootstrap, 3), _topic(kafka_bootstrap, 2)
     outputs = [Output(small, f"s{i}".encode(), b"x%d" % i) for i in range(20)]  # send()
     outputs += [Output(large, f"l{i}".encode(), b"y%d" % i) for i in range(500)]  # batches
     outputs += [Output(small, None, b"unkeyed")]
-    asyncio.run(_deliver(kafka_bootstrap, outputs))
+    asyncio.run(_deliver(producer, kafka_bootstrap, outputs))
     records = drain(kafka_bootstrap, [small, large], until=len(outputs), idle=1.0)
     assert sorted(r.value for r in records) == sorted(o.value for o in outputs)
     for topic, n in ((small, 3), (large, 2)):
@@ -66,7 +94,8 @@ def test_deliver_writes_every_output_to_its_keys_partition(kafka_bootstrap: str)
             assert got == want
 
 
-def test_an_output_with_its_own_partition_lands_there(kafka_bootstrap: str) -> None:
+@PRODUCERS
+def test_an_output_with_its_own_partition_lands_there(producer: str, kafka_bootstrap: str) -> None:
     """A table's changelog record names its partition (the table's, not its key's), and
     may be a tombstone; a partition the topic lacks fails the delivery, naming it."""
     topic = _topic(kafka_bootstrap, 3)
@@ -79,7 +108,7 @@ def test_an_output_with_its_own_partition_lands_there(kafka_bootstrap: str) -> N
     ]
     placed.append(Output(topic, keys[0], None, None, (default[0] + 1) % 3))  # tombstone
     keyed = [Output(topic, b"plain", b"p")]
-    asyncio.run(_deliver(kafka_bootstrap, [*placed, *keyed]))
+    asyncio.run(_deliver(producer, kafka_bootstrap, [*placed, *keyed]))
     records = drain(kafka_bootstrap, [topic], until=len(placed) + 1, idle=1.0)
     got = {
         p: [(r.key, r.value) for r in sorted(records, key=lambda r: r.offset) if r.partition == p]
@@ -91,39 +120,47 @@ def test_an_output_with_its_own_partition_lands_there(kafka_bootstrap: str) -> N
             want.append((b"plain", b"p"))
         assert got[p] == want
     assert (keys[0], None) in got[(default[0] + 1) % 3]
-    with pytest.raises(DeliveryError, match=rf"{topic}\[3\] does not exist: {topic} has 3"):
-        asyncio.run(_deliver(kafka_bootstrap, [Output(topic, b"k", b"v", None, 3)]))
+    gone = {  # librdkafka refuses it when produced, aiokafka's publisher before that
+        "librdkafka": rf"producer refused an output to {topic}(\[3\])?: .*Unknown partition",
+        "aiokafka": rf"{topic}\[3\] does not exist: {topic} has 3",
+    }
+    with pytest.raises(DeliveryError, match=gone[producer]):
+        asyncio.run(_deliver(producer, kafka_bootstrap, [Output(topic, b"k", b"v", None, 3)]))
 
 
+@PRODUCERS
 def test_a_rejected_output_fails_deliver_though_its_partition_goes_on(
-    kafka_bootstrap: str,
+    producer: str, kafka_bootstrap: str
 ) -> None:
     """The broker refuses the first output of the partition (larger than the topic's
-    max.message.bytes) and takes the next ones, in later batches: only the last output's
-    future is awaited, and the failure must still surface."""
+    max.message.bytes). aiokafka's publisher sends the next ones in later batches, which
+    the broker takes: only the last output's future is awaited, and the failure must
+    still surface. librdkafka puts all six in one request, refused whole: every report
+    is an error, and the first one is named."""
     topic = _topic(kafka_bootstrap, 1, **{"max.message.bytes": "20000"})
     big = Output(topic, b"k", b"z" * 50_000)
     rest = [Output(topic, b"k", b"ok%d" % i) for i in range(5)]
     with pytest.raises(DeliveryError, match=rf"refused an output to {topic}\[0\]") as info:
-        asyncio.run(_deliver(kafka_bootstrap, [big, *rest]))
+        asyncio.run(_deliver(producer, kafka_bootstrap, [big, *rest]))
+    if producer == "librdkafka":
+        assert "Message size too large (MSG_SIZE_TOO_LARGE)" in str(info.value)
+        return
     assert isinstance(info.value.__cause__, KafkaError)
     records = drain(kafka_bootstrap, [topic], until=len(rest), idle=1.0)
     assert [r.value for r in records] == [o.value for o in rest]
 
 
-def test_outputs_for_a_vanished_partition_are_sent_again(kafka_bootstrap: str) -> None:
+@PRODUCERS
+def test_outputs_for_a_vanished_partition_are_sent_again(
+    producer: str, kafka_bootstrap: str
+) -> None:
     """The producer knows the topic with 3 partitions; it is deleted and re-created with
     1. Outputs computed for partitions 1 and 2 cannot be delivered there: they go to
     the topic as it is now, within the delivery timeout."""
     topic = _topic(kafka_bootstrap, 3)
 
     async def run() -> float:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=kafka_bootstrap, linger_ms=5, acks="all", request_timeout_ms=20_000
-        )
-        await producer.start()
-        try:
-            publisher = BatchPublisher(producer, 20.0)
+        async with _Publisher(producer, kafka_bootstrap, 20.0) as publisher:
             await publisher.deliver([Output(topic, b"warm", b"up")])  # metadata: 3 partitions
             admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
             try:
@@ -135,12 +172,11 @@ def test_outputs_for_a_vanished_partition_are_sent_again(kafka_bootstrap: str) -
                 admin.create_topics([NewTopic(topic, 1, 1)])
             finally:
                 admin.close()
-            assert producer.client.cluster.partitions_for_topic(topic) == {0, 1, 2}
+            if isinstance(publisher, BatchPublisher):
+                assert publisher.producer.client.cluster.partitions_for_topic(topic) == {0, 1, 2}
             started = time.monotonic()
             await publisher.deliver(outputs)
             return time.monotonic() - started
-        finally:
-            await producer.stop()
 
     outputs = [Output(topic, f"k{i}".encode(), b"v%d" % i) for i in range(300)]
     assert len(set(partitions_of([o.key for o in outputs], 3).tolist())) == 3
