@@ -403,15 +403,24 @@ def _librdkafka_args(setup: Setup) -> list[str]:
     return ["--settings", json.dumps(librdkafka_settings(worker_settings(setup)))]
 
 
+def spawn_confluent_pass(
+    setup: Setup, name: str, input_topic: str, output: str, group: str
+) -> procs.Proc:
+    argv = [procs.PYTHON, "-m", "bench.confluent_pass", "--bootstrap", setup.bootstrap]
+    argv += ["--input", input_topic, "--group", group, "--output", output]
+    argv += _librdkafka_args(setup)
+    return procs.Proc(name, argv, setup.tmp / f"{name}.log", env=setup.env)
+
+
 async def confluent_pass(setup: Setup, name: str = "confluent-pass") -> dict[str, Any]:
     """confluent-kafka consume → produce of the same bytes to one topic (the limit of a
     Python process)."""
     output = f"bench-{name}-out-{setup.tag}"
-    argv = [procs.PYTHON, "-m", "bench.confluent_pass", "--bootstrap", setup.bootstrap]
-    argv += ["--input", setup.input_topic, "--group", f"bench-{name}-{setup.tag}"]
-    argv += ["--output", output, *_librdkafka_args(setup)]
+    group = f"bench-{name}-{setup.tag}"
     return await run_processes(
-        setup, [output], lambda: [procs.Proc(name, argv, setup.tmp / f"{name}.log", env=setup.env)]
+        setup,
+        [output],
+        lambda: [spawn_confluent_pass(setup, name, setup.input_topic, output, group)],
     )
 
 

@@ -157,16 +157,25 @@ async def pace(
     }
 
 
+#: what ``measure`` can feed: the router (with either output producer) and two
+#: pass-throughs of the same bytes (aiokafka's, the ceiling; librdkafka's, the limit)
+LATENCY_OF = ("router", "router-aiokafka", "ceiling", "confluent-pass")
+
+
 async def measure(
-    setup: contenders.Setup, rate: float, seconds: float, of: str = "router"
+    setup: contenders.Setup, rate: float, seconds: float, of: str = "router", suffix: str = ""
 ) -> dict[str, Any]:
-    """The router (or the ceiling) fed live at ``rate`` msgs/s for ``seconds``; every output
-    timed."""
-    name = f"latency-{of}"
+    """``of`` (one of :data:`LATENCY_OF`) fed live at ``rate`` msgs/s for ``seconds``;
+    every output timed. ``suffix`` tells apart runs of one contender (the curve's rates)."""
+    if of not in LATENCY_OF:
+        raise ValueError(f"latency of {of!r}: expected one of {LATENCY_OF}")
+    name = f"latency-{of}{suffix}"
     input_topic = f"bench-{name}-in-{setup.tag}"
     config = contenders.router_config(setup, name, input_topic=input_topic)
+    if of == "router-aiokafka":
+        config["worker"] = {**config["worker"], "producer": "aiokafka"}
     path = contenders.write_config(setup, config, name)
-    if of == "router":
+    if of.startswith("router"):
         outputs = contenders.output_topics(config)
         group = config["kafka"]["group_id"]
 
@@ -174,10 +183,12 @@ async def measure(
             return contenders.spawn_workers(setup, path, name, 1)
     else:
         outputs = [f"bench-{name}-out-{setup.tag}"]
-        group = f"bench-ceiling-{name}-{setup.tag}"
+        group = f"bench-{of}-{name}-{setup.tag}"
+        spawn = contenders.spawn_ceiling if of == "ceiling" else _spawn_pass
 
         def start() -> list[procs.Proc]:
-            return [contenders.spawn_ceiling(setup, path, name, outputs[0], group)]
+            return [spawn(setup, path, name, outputs[0], group)]
+
 
     await asyncio.to_thread(setup.admin.create_topics, [input_topic], setup.partitions)
     await asyncio.to_thread(
@@ -247,6 +258,14 @@ async def measure(
         "shutdown_s": stop_s,
         "killed_at_shutdown": [p.name for p in running if p.killed],
     }
+
+
+def _spawn_pass(
+    setup: contenders.Setup, config_path: Any, name: str, output: str, group: str
+) -> procs.Proc:
+    """The confluent-kafka pass-through, reading the latency run's own input topic."""
+    input_topic = f"bench-{name}-in-{setup.tag}"
+    return contenders.spawn_confluent_pass(setup, name, input_topic, output, group)
 
 
 async def _wait_for(

@@ -9,6 +9,8 @@ import orjson
 
 from bench.agreement import summary
 
+#: the input rate of issue #15's latency targets: the machine half idle
+CURVE_TARGET_RATE = 2000
 TARGETS = (
     ("router_over_ceiling", ">=", 0.8, "router ≥ 0.8 × ceiling"),
     ("router_over_peer", ">=", 3.0, "router ≥ 3 × peer"),
@@ -17,6 +19,18 @@ TARGETS = (
     ("router_over_confluent_loop", ">=", 1.5, "router ≥ 1.5 × confluent-kafka loop"),
     ("router_over_quix", ">=", 2.5, "router ≥ 2.5 × Quix Streams app"),
     ("router_over_confluent_pass", ">=", 0.3, "router ≥ 0.3 × confluent-kafka pass-through"),
+    (
+        "curve_p99_over_pass",
+        "<=",
+        1.5,
+        f"router p99 ≤ 1.5 × pass-through p99 at {CURVE_TARGET_RATE:,} msgs/s",
+    ),
+    (
+        "curve_p50_minus_pass_ms",
+        "<=",
+        10.0,
+        f"router p50 ≤ pass-through p50 + 10 ms at {CURVE_TARGET_RATE:,} msgs/s",
+    ),
 )
 #: router / each anchor of issue #15 (results key → ratio name)
 ANCHOR_RATIOS = {
@@ -74,8 +88,10 @@ def derive(results: Result) -> None:
     for key, ratio in ANCHOR_RATIOS.items():
         anchor = rate(key)
         values[ratio] = router / anchor if router and anchor else None
+    values.update(curve_targets(results))
     results["ratios"] = {k: values[k] for k in ("router_over_ceiling", "router_over_peer")}
     results["ratios"].update({r: values[r] for r in ANCHOR_RATIOS.values() if values[r]})
+    results["ratios"].update({k: v for k, v in curve_targets(results).items() if v is not None})
     no_dedup = rate("router_no_dedup")
     if no_dedup and ceiling:  # --load-control
         results["ratios"]["router_no_dedup_over_ceiling"] = no_dedup / ceiling
@@ -85,6 +101,25 @@ def derive(results: Result) -> None:
         ok = None if value is None else (value >= bound if op == ">=" else value <= bound)
         targets.append({"target": text, "metric": key, "value": value, "pass": ok})
     results["targets"] = targets
+
+
+def curve_targets(results: Result) -> dict[str, float | None]:
+    """The router's p99 over the confluent-kafka pass-through's, and its p50 minus the
+    pass-through's (ms), fed at :data:`CURVE_TARGET_RATE` in the rate-latency curve.
+
+    >>> at = {"router": {"ok": True, "append_p50_ms": 14.0, "append_p99_ms": 45.0}}
+    >>> at["confluent-pass"] = {"ok": True, "append_p50_ms": 6.0, "append_p99_ms": 30.0}
+    >>> curve_targets({"latency_curve": {"2000": at}})
+    {'curve_p99_over_pass': 1.5, 'curve_p50_minus_pass_ms': 8.0}
+    """
+    at = (results.get("latency_curve") or {}).get(f"{CURVE_TARGET_RATE:g}") or {}
+    router, limit = at.get("router") or {}, at.get("confluent-pass") or {}
+    if not (router.get("ok") and limit.get("ok") and limit.get("append_p99_ms")):
+        return {"curve_p99_over_pass": None, "curve_p50_minus_pass_ms": None}
+    return {
+        "curve_p99_over_pass": router["append_p99_ms"] / limit["append_p99_ms"],
+        "curve_p50_minus_pass_ms": router["append_p50_ms"] - limit["append_p50_ms"],
+    }
 
 
 def _num(v: Any, fmt: str = ",.0f") -> str:
@@ -361,7 +396,58 @@ def md_anchors(results: Result, anchors: Result | None) -> list[str]:
             "",
             *_md_table(headers(r), throughput_rows(r)),
         ]
-    return lines + _ratio_lines(r) + ANCHOR_NOTES
+    return lines + _ratio_lines(r) + _md_curve(r) + ANCHOR_NOTES
+
+
+#: the curve's contenders, as its table names them
+CURVE_LABELS = {
+    "confluent-pass": "confluent-kafka pass-through",
+    "router": "router (outputs by librdkafka)",
+    "router-aiokafka": "router (outputs by aiokafka)",
+}
+
+
+def _md_curve(results: Result) -> list[str]:
+    """Issue #15's rate-latency curve: each contender fed live at each rate."""
+    curve = results.get("latency_curve") or {}
+    if not curve:
+        return []
+    headers = ["input msgs/s", "fed to", "achieved msgs/s", "outputs timed", "p50 ms", "p99 ms"]
+    headers += ["max ms", "its cores", "machine busy (cores)"]
+    rows = []
+    for rate, row in curve.items():
+        for of, lat in row.items():
+            label = CURVE_LABELS.get(of, of)
+            if not lat.get("ok"):
+                rows.append([rate, label, f"FAILED: {_error(lat)}", *[""] * (len(headers) - 3)])
+                continue
+            rows.append(
+                [
+                    _num(float(rate)),
+                    label,
+                    _num(lat["achieved_rate"]),
+                    f"{lat.get('measured', 0):,}",
+                    _num(lat.get("append_p50_ms"), ".1f"),
+                    _num(lat.get("append_p99_ms"), ".1f"),
+                    _num(lat.get("append_max_ms"), ".1f"),
+                    _num(lat.get("worker_cores"), ".2f"),
+                    _num(lat.get("machine_busy_cores"), ".2f"),
+                ]
+            )
+    t = curve_targets(results)
+    return [
+        "### Rate–latency curve",
+        "",
+        "Each contender fed live at each rate on a topic of its own (the latency run of "
+        "*how measured*, 10 s each): prediction `ts` → its output's LogAppendTime.",
+        "",
+        *_md_table(headers, rows),
+        f"At {CURVE_TARGET_RATE:,} msgs/s: router p99 / pass-through p99 = "
+        f"**{_num(t['curve_p99_over_pass'], '.2f')}** (target ≤ 1.5), router p50 − "
+        f"pass-through p50 = **{_num(t['curve_p50_minus_pass_ms'], '.1f')} ms** "
+        "(target ≤ 10).",
+        "",
+    ]
 
 
 #: what the first anchors runs showed (written by hand, dated)

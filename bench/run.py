@@ -49,6 +49,7 @@ CONTENDERS = (
     "peer",
     "latency",
     "latency-ceiling",
+    "latency-curve",
     "scale",
     "drift",
 )
@@ -74,6 +75,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help="input rate of the latency run (default: half the router's measured rate)",
+    )
+    p.add_argument(
+        "--curve-rates",
+        default="1000,2000,4000",
+        help="input rates of the rate-latency curve (issue #15: its targets are at 2000)",
+    )
+    p.add_argument(
+        "--curve-seconds", type=float, default=None, help="each paced run of the curve (10)"
     )
     p.add_argument("--workers", default="1,2,3", help="worker counts of the scale-out runs")
     p.add_argument("--quick", action="store_true", help="smoke run: count 20000, latency 5 s")
@@ -123,6 +132,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:
         p.error(f"--workers: comma-separated integers expected, got {args.workers!r}")
+    try:
+        args.curve_rates = [float(r) for r in args.curve_rates.split(",") if r.strip()]
+    except ValueError:
+        p.error(f"--curve-rates: comma-separated numbers expected, got {args.curve_rates!r}")
+    if any(r <= 0 for r in args.curve_rates):
+        p.error("--curve-rates: each rate must be > 0")
+    if args.curve_seconds is None:
+        args.curve_seconds = 5.0 if args.quick else 10.0
     if args.rounds < 1:
         p.error(f"--rounds: at least 1, got {args.rounds}")
     if any(w < 1 for w in args.workers):
@@ -203,6 +220,8 @@ async def run_all(args: argparse.Namespace, setup: Setup, results: dict[str, Any
         else:
             coro = latency.measure(setup, lat_rate, args.latency_seconds, of=of)
             results[key] = await attempt(f"{of} latency", coro)
+    if "latency-curve" not in args.skip:
+        results["latency_curve"] = await _curve(args, setup, attempt)
     if "scale" not in args.skip:
         results["scale"] = {}
         for k in args.workers:
@@ -271,6 +290,29 @@ async def _throughput(
         results["round_ratios_anchors"] = {a: ratios(a) for a in anchors}
 
 
+#: the curve's contenders: the limit first, then the router with each output producer
+CURVE_OF = ("confluent-pass", "router", "router-aiokafka")
+
+
+async def _curve(
+    args: argparse.Namespace,
+    setup: Setup,
+    attempt: Callable[[str, Any], Awaitable[dict[str, Any]]],
+) -> dict[str, dict[str, Any]]:
+    """Issue #15's rate-latency curve: at each of ``args.curve_rates``, the confluent-kafka
+    pass-through and the router (each output producer; ``--skip router-aiokafka`` leaves
+    that one out) fed live, one after the other. Keyed by rate (``"2000"``), then contender."""
+    curve: dict[str, dict[str, Any]] = {}
+    for rate in args.curve_rates:
+        row = curve[f"{rate:g}"] = {}
+        for of in CURVE_OF:
+            if of in args.skip:
+                continue
+            coro = latency.measure(setup, rate, args.curve_seconds, of=of, suffix=f"-at{rate:g}")
+            row[of] = await attempt(f"{of} latency at {rate:,.0f} msgs/s", coro)
+    return curve
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """SIGINT/SIGTERM: remember it (wait loops check, in case a library swallows the
     exception) and raise KeyboardInterrupt; the ``finally`` of ``main`` stops everything."""
@@ -299,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             "count": args.count,
             "partitions": args.partitions,
             "latency_seconds": args.latency_seconds,
+            "curve_rates": args.curve_rates,
+            "curve_seconds": args.curve_seconds,
             "latency_rate": args.latency_rate,
             "workers": args.workers,
             "skip": sorted(args.skip),

@@ -168,3 +168,43 @@ def test_report_has_the_anchor_rows_and_targets() -> None:
     assert report.disagreeing(results) == [report.LABELS["quix"]]
     md = "\n".join(report.md_anchors(results, None))
     assert "router / confluent-kafka loop = **0.91** (target ≥ 1.5)" in md
+
+
+def test_report_has_the_rate_latency_curve_and_its_targets() -> None:
+    def lat(rate: float, p50: float, p99: float) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "achieved_rate": rate,
+            "measured": int(rate * 10),
+            "append_p50_ms": p50,
+            "append_p99_ms": p99,
+            "append_max_ms": p99 * 2,
+            "worker_cores": 0.3,
+            "machine_busy_cores": 0.9,
+        }
+
+    curve = {
+        "1000": {"confluent-pass": lat(1000, 5.0, 20.0), "router": lat(1000, 9.0, 25.0)},
+        "2000": {
+            "confluent-pass": lat(2000, 6.0, 30.0),
+            "router": lat(2000, 18.0, 40.0),
+            "router-aiokafka": {"ok": False, "error": "ContenderFailed: it died"},
+        },
+    }
+    results: dict[str, Any] = {"router": {"ok": True, "rate": 1.0}, "latency_curve": curve}
+    report.derive(results)
+    verdicts = {
+        t["metric"]: (round(t["value"], 2), t["pass"])
+        for t in results["targets"]
+        if t["value"] is not None
+    }
+    assert verdicts["curve_p99_over_pass"] == (1.33, True)
+    assert verdicts["curve_p50_minus_pass_ms"] == (12.0, False)  # 18 − 6 > 10 ms
+    md = "\n".join(report._md_curve(results))
+    assert "| 2,000 | router (outputs by librdkafka) | 2,000 | 20,000 | 18.0 | 40.0 |" in md
+    assert "router (outputs by aiokafka) | FAILED: ContenderFailed: it died" in md
+    assert "= **1.33** (target ≤ 1.5)" in md and "= **12.0 ms** (target ≤ 10)" in md
+    # without the target rate in the curve, the targets are not measured (not failed)
+    del curve["2000"]
+    report.derive(results)
+    assert {t["metric"]: t["pass"] for t in results["targets"]}["curve_p99_over_pass"] is None
