@@ -189,7 +189,6 @@ async def measure(
         def start() -> list[procs.Proc]:
             return [spawn(setup, path, name, outputs[0], group)]
 
-
     await asyncio.to_thread(setup.admin.create_topics, [input_topic], setup.partitions)
     await asyncio.to_thread(
         setup.admin.create_topics,

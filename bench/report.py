@@ -421,19 +421,7 @@ def _md_curve(results: Result) -> list[str]:
             if not lat.get("ok"):
                 rows.append([rate, label, f"FAILED: {_error(lat)}", *[""] * (len(headers) - 3)])
                 continue
-            rows.append(
-                [
-                    _num(float(rate)),
-                    label,
-                    _num(lat["achieved_rate"]),
-                    f"{lat.get('measured', 0):,}",
-                    _num(lat.get("append_p50_ms"), ".1f"),
-                    _num(lat.get("append_p99_ms"), ".1f"),
-                    _num(lat.get("append_max_ms"), ".1f"),
-                    _num(lat.get("worker_cores"), ".2f"),
-                    _num(lat.get("machine_busy_cores"), ".2f"),
-                ]
-            )
+            rows.append([_num(float(rate)), label, _num(lat["achieved_rate"]), *_timed(lat)])
     t = curve_targets(results)
     return [
         "### Rate–latency curve",
@@ -491,6 +479,18 @@ ANCHOR_NOTES = [
 ]
 
 
+def _timed(lat: Result) -> list[str]:
+    """A latency run's cells: outputs timed, p50/p99/max ms, its cores, machine busy."""
+    return [
+        f"{lat.get('measured', 0):,}",
+        _num(lat.get("append_p50_ms"), ".1f"),
+        _num(lat.get("append_p99_ms"), ".1f"),
+        _num(lat.get("append_max_ms"), ".1f"),
+        _num(lat.get("worker_cores"), ".2f"),
+        _num(lat.get("machine_busy_cores"), ".2f"),
+    ]
+
+
 def _md_latency(results: Result) -> list[str]:
     headers = ["fed to", "input msgs/s (target)", "seconds", "outputs timed", "p50 ms", "p99 ms"]
     headers += ["max ms", "its cores", "machine busy (cores)", "other load (cores)"]
@@ -507,12 +507,7 @@ def _md_latency(results: Result) -> list[str]:
                 label,
                 f"{_num(lat['achieved_rate'])} ({_num(lat['target_rate'])})",
                 _num(lat["seconds"], ".1f"),
-                f"{lat.get('measured', 0):,}",
-                _num(lat.get("append_p50_ms"), ".1f"),
-                _num(lat.get("append_p99_ms"), ".1f"),
-                _num(lat.get("append_max_ms"), ".1f"),
-                _num(lat.get("worker_cores"), ".2f"),
-                _num(lat.get("machine_busy_cores"), ".2f"),
+                *_timed(lat),
                 _num(lat.get("others_cores"), ".2f"),
             ]
         )
