@@ -20,6 +20,18 @@ something new.
 >>> r = rec("Unable to connect to node %d", 9)
 >>> limit.filter(r), r.getMessage()
 (True, 'Unable to connect to node 9 (4 like it held back in the last 31 s)')
+
+librdkafka's records (logger ``rdkafka``) are one bare template, ``"%s [%s] %s"``; its
+first argument, the facility, names their kind:
+
+>>> def rd(facility, text):
+...     args = (facility, "rdkafka#producer-1", text)
+...     return logging.LogRecord("rdkafka", logging.WARNING, "f", 1, "%s [%s] %s", args, None)
+>>> moved = "Partition %s[0]: new leader-1 not found in cache"
+>>> [limit.filter(rd("METADATAUPDATE", moved % t)) for t in ("eval", "accepted", "dlq")]
+[True, False, False]
+>>> limit.filter(rd("FAIL", "127.0.0.1:9092/1: Disconnected"))
+True
 """
 
 from __future__ import annotations
@@ -31,6 +43,8 @@ import time
 from collections.abc import Callable
 
 _NUMBER = re.compile(r"\d+")
+_SPECIFIER = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[sdifrxXeEgG%]")
+_WORD = re.compile(r"[A-Za-z]")
 
 
 class RateLimit(logging.Filter):
@@ -60,7 +74,13 @@ class RateLimit(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < self.min_level or record.name.startswith(self.exempt):
             return True
-        key = (record.name, record.levelno, _NUMBER.sub("#", str(record.msg))[:300])
+        text = str(record.msg)
+        if not _WORD.search(_SPECIFIER.sub("", text)) and isinstance(record.args, tuple):
+            # a bare template (librdkafka's records are "%s [%s] %s"): its first argument
+            # names the kind (librdkafka's facility: FAIL, METADATAUPDATE, …); the rest
+            # names a broker, topic or partition (one outage: a line per partition)
+            text = str(record.args[0]) if record.args else text
+        key = (record.name, record.levelno, _NUMBER.sub("#", text)[:300])
         now = self._clock()
         with self._lock:
             last = self._seen.get(key)

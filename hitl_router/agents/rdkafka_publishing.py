@@ -154,7 +154,7 @@ class RdkafkaPublisher:
     ) -> None:
         self.delivery_timeout_s = delivery_timeout_s
         self.clock = clock or RunningClock()
-        self.producer = Producer({**conf, "logger": logging.getLogger("hitl_router.rdkafka")})
+        self.producer = Producer({**conf, "logger": logging.getLogger("rdkafka")})
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="rdkafka-delivery", daemon=True)
         self._poller.start()
