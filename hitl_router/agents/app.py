@@ -42,6 +42,7 @@ from hitl_router.agents.label_join import LabelJoiner
 from hitl_router.agents.label_windows import WindowKeeper
 from hitl_router.agents.publishing import BatchPublisher
 from hitl_router.agents.rdkafka_publishing import RdkafkaPublisher, producer_config
+from hitl_router.agents.rdkafka_reading import consumer_config
 from hitl_router.agents.routed_table import RoutedTable
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.metrics import RouterMetrics
@@ -121,6 +122,8 @@ class RouterApp(faust.App):
 
     batch_topics: dict[str, tuple[int, BatchSink]]
     worker_settings: WorkerConfig = WorkerConfig()
+    #: librdkafka settings of the batched topics' reader (``worker.consumer``), or None
+    reader_conf: dict[str, Any] | None = None
 
     def _new_consumer(self) -> Any:
         consumer = BatchingConsumer(
@@ -132,6 +135,7 @@ class RouterApp(faust.App):
             loop=self.transport.loop,
         )
         consumer.batch_topics = self.batch_topics
+        consumer.reader_conf = self.reader_conf
         consumer.fetch_max_wait_ms = self.worker_settings.fetch_max_wait_ms
         consumer.fetch_min_bytes = self.worker_settings.fetch_min_bytes
         consumer.max_in_flight = self.worker_settings.max_in_flight
@@ -308,6 +312,8 @@ def build_app(
     if "labels" in agents:
         app.batch_topics.update(_install_labels(app, config, policy, feedback, publish))
     app.worker_settings = config.worker
+    if config.worker.consumer == "librdkafka" and app.batch_topics:
+        app.reader_conf = consumer_config(config, app_id, app.conf.consumer_max_fetch_size)
     return app
 
 

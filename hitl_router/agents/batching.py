@@ -1,5 +1,6 @@
 """Faust's own Kafka consumer, handing agents one batch per fetch instead of one event
-per message.
+per message — fetched by aiokafka, or by librdkafka (``reader_conf``,
+:mod:`~hitl_router.agents.rdkafka_reading`) under aiokafka's group membership.
 
 Measured here (BENCHMARKS.md): Faust's per-message path — ``Consumer._drain_messages``
 awaiting ``wait_first(callback(message), ...)`` (two tasks per message), the conductor,
@@ -25,14 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from time import monotonic
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
+from hitl_router.agents.rdkafka_reading import RdkafkaReader
 from hitl_router.agents.settling import Batch, BatchSink, InFlight, gaps, unread
 from hitl_router.router.config import WorkerConfig
 
@@ -53,6 +56,18 @@ class _ConsumerThread(AIOKafkaConsumerThread):
 
     fetch_max_wait_ms: int = 1500
     fetch_min_bytes: int = 1  # aiokafka's default
+
+    async def on_partitions_assigned(
+        self, assigned: set[Any], generation_id: int = 0
+    ) -> None:  # pragma: no cover - needs Kafka
+        """In the consumer thread, before Faust hears of the assignment: pause what
+        librdkafka reads, so aiokafka never fetches it (aiokafka's pause; Faust's own
+        pause only filters what was fetched)."""
+        elsewhere = self.consumer.read_elsewhere  # the topics librdkafka reads
+        paused = [TopicPartition(t.topic, t.partition) for t in assigned if t.topic in elsewhere]
+        if paused:
+            self._ensure_consumer().pause(*paused)
+        await super().on_partitions_assigned(assigned, generation_id)
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -100,12 +115,27 @@ class BatchingConsumer(Consumer):
     #: a backstop in wall time: a batch's deliveries not done this long after its agents
     #: finished fail it (the publisher's own deadline, in running time, fails them first)
     delivery_timeout_s: float = 3 * _WORKER.delivery_timeout_s + 60.0
+    #: librdkafka settings of the reader of ``batch_topics`` (``worker.consumer:
+    #: librdkafka``); None: aiokafka fetches them, as every other topic
+    reader_conf: Mapping[str, Any] | None = None
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
         thread.fetch_max_wait_ms = self.fetch_max_wait_ms
         thread.fetch_min_bytes = self.fetch_min_bytes
         return thread
+
+    @property
+    def read_elsewhere(self) -> Mapping[str, Any]:
+        """The topics librdkafka reads (none unless ``reader_conf`` is set)."""
+        return self.batch_topics if self.reader_conf is not None else {}
+
+    def _ensure_reader(self) -> RdkafkaReader | None:
+        """The reader of ``batch_topics`` with ``reader_conf``, made at first use (the
+        app sets ``reader_conf`` once the consumer exists)."""
+        if self._reader is None and self.reader_conf is not None:
+            self._reader = RdkafkaReader(self.reader_conf)
+        return self._reader
 
     def __post_init__(self) -> None:  # pragma: no cover - mode calls it after __init__
         super().__post_init__()
@@ -116,6 +146,7 @@ class BatchingConsumer(Consumer):
         #: seeks asked for by others, done by the fetch loop between two fetches
         self._seeks: list[asyncio.Future[None]] = []
         self._drain_task: asyncio.Task[Any] | None = None
+        self._reader: RdkafkaReader | None = None
 
     async def on_partitions_assigned(
         self, assigned: set[Any], generation_id: int = 0
@@ -125,6 +156,11 @@ class BatchingConsumer(Consumer):
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:  # pragma: no cover
         self._unsought.difference_update(revoked)
+        reader = self._ensure_reader()
+        if reader is not None:
+            # nothing is read until the seek after the rebalance assigns what this worker
+            # then holds, from Faust's committed offsets (aiokafka revokes everything)
+            await reader.assign({})
         await super().on_partitions_revoked(revoked)
 
     async def perform_seek(self) -> None:  # pragma: no cover - needs Kafka
@@ -169,6 +205,18 @@ class BatchingConsumer(Consumer):
     async def _seek_now(self) -> None:  # pragma: no cover - needs Kafka
         before = set(self._unsought)
         await super().perform_seek()
+        reader = self._ensure_reader()
+        if reader is not None:
+            # the reader starts where Faust just sought aiokafka to: the committed offset,
+            # else the beginning (what ``_seek_to_committed_or_beginning`` does)
+            read_offset = self._read_offset
+            await reader.assign(
+                {
+                    (tp.topic, tp.partition): read_offset.get(tp) or None
+                    for tp in self.assignment()
+                    if tp.topic in self.batch_topics
+                }
+            )
         self._unsought.difference_update(before)
 
     async def _serve_seeks(self) -> None:  # pragma: no cover - needs Kafka
@@ -202,12 +250,8 @@ class BatchingConsumer(Consumer):
         await super().wait_empty()
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs Kafka
-        callback = self.callback
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        acks_enabled_for = self.app.topics.acks_enabled_for
         in_flight = self._in_flight
         if in_flight is None:  # one for the consumer's life: a restarted fetcher keeps it
             budget = self.max_in_flight * self.app.conf.broker_max_poll_records
@@ -215,45 +259,16 @@ class BatchingConsumer(Consumer):
                 budget, self.ack_offsets, self._batch_failed, self.delivery_timeout_s
             )
         self._drain_task = asyncio.current_task()
+        reading = None
+        if self._ensure_reader() is not None:  # librdkafka reads the batched topics meanwhile
+            reading = asyncio.ensure_future(self._read_batches(fetcher, in_flight))
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if self._seeks:
                     await self._serve_seeks()
-                fetched: dict[str, tuple[list[Any], dict[Any, list[int]]]] = {}
-                for tp, messages in (await self._fetch(timeout=1.0)).items():
-                    r_offset = get_read_offset(tp)
-                    messages = unread(messages, r_offset)
-                    if not messages:
-                        continue  # already read: Faust drops these too
-                    tp_offsets = None
-                    if acks_enabled_for(tp.topic):
-                        tp_offsets = [m.offset for m in messages]
-                        # offsets with no message (e.g. transaction markers) become gaps, as in
-                        # Faust, or the committer would wait for them forever
-                        for start, end in gaps(r_offset, tp_offsets):
-                            await self._add_gap(tp, start, end)
-                    if tp.topic in self.batch_topics:
-                        records, offsets = fetched.setdefault(tp.topic, ([], {}))
-                        records.extend(messages)
-                        if tp_offsets is not None:
-                            offsets[tp] = tp_offsets
-                    else:
-                        messages = [self._to_message(tp, m) for m in messages]
-                        for message in messages:
-                            await self.wait_first(callback(message), self.suspend_flow.wait())
-                    set_read_offset(tp, messages[-1].offset)
-                for topic, (messages, offsets) in fetched.items():
-                    n_agents, sink = self.batch_topics[topic]
-                    batch = Batch(messages, n_agents, offsets)
-                    # settled by a task of its own, so acks keep coming while the fetcher
-                    # stops (Faust's shutdown and rebalances wait for them); registered
-                    # before the hand-off so that wait_empty can always account for it
-                    in_flight.add(batch)
-                    await sink(batch)
-                await in_flight.throttle()
-                if self._commit_every is not None and self._n_acked >= self._commit_every:
-                    self._n_acked = 0
-                    await self.commit()
+                await self._hand_over(await self._fetch(timeout=1.0), in_flight)
+                if reading is not None and reading.done():
+                    reading.result()  # the reader's failure stops the worker
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 log.info("Broker stopped consumer, shutting down...")
@@ -261,9 +276,96 @@ class BatchingConsumer(Consumer):
             raise
         finally:
             self._drain_task = None
+            if reading is not None:
+                reading.cancel()
+                with contextlib.suppress(BaseException):
+                    await reading
             if self._seeks:  # asked for while the loop stopped: done here
                 with contextlib.suppress(Exception):
                     await self._serve_seeks()
+
+    async def _read_batches(self, fetcher: Any, in_flight: InFlight) -> None:
+        """The batched topics' fetch loop on librdkafka (``reader_conf``): a read at a
+        time, handed over as aiokafka's fetches are. Nothing read while the flow is
+        stopped (a rebalance), or before the last assignment, is handed over: the seek
+        after the rebalance assigns the committed offsets, which read it again."""
+        reader = self._reader
+        assert reader is not None
+        size = self.app.conf.broker_max_poll_records
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            if not self.flow_active:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.can_resume_flow.wait(), 0.5)
+                continue
+            generation, records = await reader.read(size, 0.1)
+            if not records or not self.flow_active or generation != reader.generation:
+                continue
+            by_tp: dict[Any, list[Any]] = {}
+            for r in records:
+                tp = (r.topic, r.partition)
+                got = by_tp.get(tp)
+                if got is None:
+                    by_tp[tp] = [r]
+                else:
+                    got.append(r)
+            assignment = self.assignment()
+            fetched = {}
+            now = monotonic()
+            monitor = self.app.monitor
+            unsought = self._unsought
+            for (topic, partition), recs in by_tp.items():
+                tp = self._new_topicpartition(topic, partition)
+                if tp not in assignment or tp in unsought:
+                    continue  # no longer this worker's, or read before its seek
+                monitor.track_tp_end_offset(tp, reader.high_watermark(topic, partition))
+                monitor.stream_inbound_time[tp] = now
+                fetched[tp] = recs
+            await self._hand_over(fetched, in_flight)
+
+    async def _hand_over(self, records: Mapping[Any, Sequence[Any]], in_flight: InFlight) -> None:
+        """One fetch's records, per partition: the batched topics' go to their sinks as
+        one :class:`Batch` per topic, every other topic's take Faust's per-message path.
+        Then wait while over the in-flight budget, and commit every ``commit_every``."""
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        callback = self.callback
+        fetched: dict[str, tuple[list[Any], dict[Any, list[int]]]] = {}
+        for tp, tp_records in records.items():
+            r_offset = get_read_offset(tp)
+            messages = unread(tp_records, r_offset)
+            if not messages:
+                continue  # already read: Faust drops these too
+            tp_offsets = None
+            if acks_enabled_for(tp.topic):
+                tp_offsets = [m.offset for m in messages]
+                # offsets with no message (e.g. transaction markers) become gaps, as in
+                # Faust, or the committer would wait for them forever
+                for start, end in gaps(r_offset, tp_offsets):
+                    await self._add_gap(tp, start, end)
+            if tp.topic in self.batch_topics:
+                batched, offsets = fetched.setdefault(tp.topic, ([], {}))
+                batched.extend(messages)
+                if tp_offsets is not None:
+                    offsets[tp] = tp_offsets
+            else:
+                for message in [self._to_message(tp, m) for m in messages]:
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
+            set_read_offset(tp, messages[-1].offset)
+        for topic, (messages, offsets) in fetched.items():
+            n_agents, sink = self.batch_topics[topic]
+            batch = Batch(messages, n_agents, offsets)
+            # settled by a task of its own, so acks keep coming while the fetcher
+            # stops (Faust's shutdown and rebalances wait for them); registered
+            # before the hand-off so that wait_empty can always account for it
+            in_flight.add(batch)
+            await sink(batch)
+        await in_flight.throttle()
+        if self._commit_every is not None and self._n_acked >= self._commit_every:
+            self._n_acked = 0
+            await self.commit()
 
     async def _fetch(self, timeout: float) -> dict[Any, list[Any]]:
         """One fetch, as Faust's ``getmany`` does it, per partition instead of per message:
@@ -284,9 +386,10 @@ class BatchingConsumer(Consumer):
         now = monotonic()
         out = {}
         unsought = self._unsought
+        read_elsewhere = self.read_elsewhere
         for tp, recs in records.items():
-            if tp in unsought:
-                continue  # fetched before the seek, which reads them again
+            if tp in unsought or tp.topic in read_elsewhere:
+                continue  # fetched before the seek, which reads them again; or librdkafka's
             if (
                 active_partitions is None
                 or tp in active_partitions
@@ -298,6 +401,24 @@ class BatchingConsumer(Consumer):
                 monitor.stream_inbound_time[tp] = now
                 out[tp] = recs
         return out
+
+    def verify_event_path(self, now: float, tp: Any) -> None:  # pragma: no cover
+        """Faust's check that aiokafka keeps fetching each partition (it logs an error
+        every few seconds for one it has not fetched in ``stream_processing_timeout``):
+        not for the partitions librdkafka reads."""
+        if self._reader is not None and tp.topic in self.batch_topics:
+            return
+        super().verify_event_path(now, tp)
+
+    def highwater(self, tp: Any) -> int:  # pragma: no cover - needs Kafka
+        if self._reader is not None and tp.topic in self.batch_topics:
+            return self._reader.high_watermark(tp.topic, tp.partition) or 0
+        return super().highwater(tp)  # type: ignore[no-any-return]
+
+    async def on_stop(self) -> None:  # pragma: no cover - needs Kafka
+        await super().on_stop()
+        if self._reader is not None:
+            await self._reader.close()
 
     async def _batch_failed(self, error: BaseException, batch: Batch) -> None:
         """A batch was not handled or not delivered: nothing of it is acked, and the

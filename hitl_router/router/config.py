@@ -235,10 +235,14 @@ class WorkerConfig:
     #: the Kafka client that writes the outputs: ``librdkafka`` (confluent-kafka: batches
     #: built in C, off the event loop) or ``aiokafka`` (Faust's own producer)
     producer: str = "librdkafka"
+    #: the Kafka client that reads the predictions (and the label loop's topics):
+    #: ``librdkafka`` (in assign mode, under the group of Faust's aiokafka consumer) or
+    #: ``aiokafka`` (Faust's own consumer)
+    consumer: str = "librdkafka"
 
 
-#: the clients ``worker.producer`` may name
-PRODUCERS = ("librdkafka", "aiokafka")
+#: the clients ``worker.producer`` and ``worker.consumer`` may name
+PRODUCERS = CONSUMERS = ("librdkafka", "aiokafka")
 
 
 @dataclass(frozen=True)
@@ -409,8 +413,8 @@ def parse_config(data: Any) -> Config:
         del described["metrics"]["host"]
     if drift.persistence == PersistenceSpec():
         del described["drift"]["persistence"]
-    # nor does the client that writes the outputs
-    del described["worker"]["producer"]
+    # nor do the clients that read the inputs and write the outputs
+    del described["worker"]["producer"], described["worker"]["consumer"]
     digest = hashlib.sha256(orjson.dumps(described, option=orjson.OPT_SORT_KEYS))
     return replace(cfg, config_hash=digest.hexdigest()[:12])
 
@@ -529,10 +533,14 @@ def _check_worker_timeouts(worker: WorkerConfig) -> None:
             "must be at least 100 and at most a third of worker.session_timeout_ms, got "
             f"{worker.heartbeat_interval_ms}",
         )
-    if worker.producer not in PRODUCERS:
-        raise ConfigError(
-            "worker.producer", f"expected one of {', '.join(PRODUCERS)}, got {worker.producer!r}"
-        )
+    for key, value, allowed in (
+        ("producer", worker.producer, PRODUCERS),
+        ("consumer", worker.consumer, CONSUMERS),
+    ):
+        if value not in allowed:
+            raise ConfigError(
+                f"worker.{key}", f"expected one of {', '.join(allowed)}, got {value!r}"
+            )
     gid = worker.group_instance_id
     if gid is not None and not _INSTANCE_ID.match(gid.replace("{hostname}", "h")):
         raise ConfigError(

@@ -52,10 +52,14 @@ def outputs_by_fate(records: list[Any], cfg: dict[str, Any]) -> tuple[dict, dict
     return fates, dead
 
 
-def test_two_and_three_workers_share_the_load(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("client", ["librdkafka", "aiokafka"])
+def test_two_and_three_workers_share_the_load(client, kafka_bootstrap, tmp_path):
+    """Rebalances as workers join: each worker's reader (librdkafka by default, else
+    Faust's aiokafka consumer) reads only what the group gave it."""
     for n_workers in (2, 3):
         cfg_path = tmp_path / f"config-{n_workers}.yaml"
-        cfg = fault_config(cfg_path, kafka_bootstrap)
+        clients = {"consumer": client, "producer": client}
+        cfg = fault_config(cfg_path, kafka_bootstrap, worker={"batch_size": 500, **clients})
         ports = [free_port() for _ in range(n_workers)]
         procs = [
             start_worker(cfg_path, p, tmp_path / f"w{n_workers}-{i}.log")

@@ -42,9 +42,17 @@ EXTRA_BAD = [
 ]
 
 
-def test_live_worker_agrees_with_replay(kafka_bootstrap, tmp_path):
+@pytest.mark.parametrize("client", ["librdkafka", "aiokafka"])
+def test_live_worker_agrees_with_replay(client, kafka_bootstrap, tmp_path):
+    """Every prediction's fate, live, is replay's — with the worker's Kafka clients
+    (librdkafka reads and writes, the defaults) and with Faust's own (aiokafka)."""
     cfg_path = tmp_path / "config.yaml"
-    cfg = write_config(cfg_path, kafka_bootstrap, limits={"max_message_bytes": 8192})
+    cfg = write_config(
+        cfg_path,
+        kafka_bootstrap,
+        limits={"max_message_bytes": 8192},
+        worker={"consumer": client, "producer": client},
+    )
     topics = cfg["topics"]
     sim = Simulator(seed=7, flag_rate=0.02, malformed_rate=0.01, id_prefix="e2e")
     raws = list(sim.messages(3000))

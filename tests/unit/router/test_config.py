@@ -119,6 +119,7 @@ def test_defaults_when_empty():
         ),
         ({"worker": {"group_instance_id": "a b"}}, "worker.group_instance_id", "letters"),
         ({"worker": {"producer": "kafka-python"}}, "worker.producer", "librdkafka, aiokafka"),
+        ({"worker": {"consumer": "faust"}}, "worker.consumer", "librdkafka, aiokafka"),
         ({"limits": {"max_output_bytes": 0}}, "limits.max_output_bytes", "≥ 1"),
         (
             {"limits": {"dead_letter_raw_bytes": 200_000}},
@@ -246,10 +247,11 @@ def test_metrics_host_default_keeps_the_hash_of_older_configs():
 
 
 def test_the_output_client_is_not_in_the_hash():
-    """worker.producer picks the Kafka client that writes the outputs (librdkafka by
-    default): the decisions, and so the routing hash, are the same with either."""
+    """worker.producer and worker.consumer pick the Kafka clients that write the outputs
+    and read the inputs: the decisions, and so the routing hash, are the same with any."""
     plain = parse_config({})
     assert plain.worker.producer == "librdkafka"
     assert plain.describe()["worker"]["producer"] == "librdkafka"
-    aio = parse_config({"worker": {"producer": "aiokafka"}})
-    assert aio.worker.producer == "aiokafka" and aio.config_hash == plain.config_hash
+    aio = parse_config({"worker": {"producer": "aiokafka", "consumer": "librdkafka"}})
+    assert aio.worker.producer == "aiokafka" and aio.worker.consumer == "librdkafka"
+    assert aio.config_hash == plain.config_hash
