@@ -301,17 +301,17 @@ def worker_settings(setup: Setup) -> dict[str, Any]:
 
 
 async def router(
-    setup: Setup, name: str = "router", dedup: bool = True, producer: str | None = None
+    setup: Setup, name: str = "router", dedup: bool = True, client: str | None = None
 ) -> dict[str, Any]:
     """One worker over the prefilled topic (under py-spy with ``setup.py_spy``: its CPU
     figures then count py-spy, not the worker, and the result carries the profile).
-    ``dedup``: see :func:`router_config`; ``producer``: ``worker.producer`` (default: the
-    worker's own, librdkafka)."""
+    ``dedup``: see :func:`router_config`; ``client``: its ``worker.consumer`` and
+    ``worker.producer`` (default: the worker's own, librdkafka)."""
     from bench.profile import summarize
 
     config = router_config(setup, name, dedup=dedup)
-    if producer is not None:
-        config["worker"] = {**config["worker"], "producer": producer}
+    if client is not None:
+        config["worker"] = {**config["worker"], "consumer": client, "producer": client}
     path = write_config(setup, config, name)
     profile = setup.tmp / f"{name}.pyspy.txt" if setup.py_spy else None
     # with load control, budgets and caps make fates differ from the plain rules' by design
@@ -331,9 +331,9 @@ async def router(
 
 
 async def router_aiokafka(setup: Setup, name: str = "router-aiokafka") -> dict[str, Any]:
-    """The router with its outputs written by Faust's aiokafka producer (``worker.producer:
-    aiokafka``), the other client it can use."""
-    return await router(setup, name, producer="aiokafka")
+    """The router on Faust's own aiokafka clients (``worker.consumer`` and
+    ``worker.producer: aiokafka``): the router as it was before librdkafka."""
+    return await router(setup, name, client="aiokafka")
 
 
 async def scale(setup: Setup, workers: int) -> dict[str, Any]:

@@ -173,7 +173,7 @@ async def measure(
     input_topic = f"bench-{name}-in-{setup.tag}"
     config = contenders.router_config(setup, name, input_topic=input_topic)
     if of == "router-aiokafka":
-        config["worker"] = {**config["worker"], "producer": "aiokafka"}
+        config["worker"] = {**config["worker"], "consumer": "aiokafka", "producer": "aiokafka"}
     path = contenders.write_config(setup, config, name)
     if of.startswith("router"):
         outputs = contenders.output_topics(config)

@@ -54,8 +54,12 @@ def summarize(lines: Iterable[str]) -> dict[str, Any]:
             startup += n
         elif "Thread._bootstrap" in frames[0]:
             # librdkafka's delivery reports are served by a thread of their own
-            thread = "delivery reports thread" if "RdkafkaPublisher._poll" in stack else None
-            counts[thread or "consumer thread"] += n
+            thread = "consumer thread"  # Faust's aiokafka consumer
+            if "RdkafkaPublisher._poll" in stack:
+                thread = "delivery reports thread"
+            elif "RdkafkaReader." in stack:
+                thread = "librdkafka reader thread"
+            counts[thread] += n
         else:
             stage = next((s for s, keys in STAGES if any(k in stack for k in keys)), "other")
             counts[f"main: {stage}"] += n

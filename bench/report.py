@@ -41,7 +41,7 @@ ANCHOR_RATIOS = {
 LABELS = {
     "router": "router (1 worker)",
     "router_no_dedup": "router (1 worker), dedup off",
-    "router_aiokafka": "router (1 worker), outputs by aiokafka",
+    "router_aiokafka": "router (1 worker) on aiokafka",
     "ceiling": "ceiling: aiokafka pass-through",
     "confluent_pass": "confluent-kafka pass-through (the limit)",
     "confluent_loop": "confluent-kafka loop, same rules and outputs",
@@ -402,8 +402,8 @@ def md_anchors(results: Result, anchors: Result | None) -> list[str]:
 #: the curve's contenders, as its table names them
 CURVE_LABELS = {
     "confluent-pass": "confluent-kafka pass-through",
-    "router": "router (outputs by librdkafka)",
-    "router-aiokafka": "router (outputs by aiokafka)",
+    "router": "router (librdkafka)",
+    "router-aiokafka": "router (aiokafka)",
 }
 
 

@@ -38,7 +38,7 @@ MARKDOWN = REPO / "BENCHMARKS.md"
 #: the throughput contenders: (--skip name, results key, label in the log, the coroutine)
 THROUGHPUT: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
     ("router", "router", "router", contenders.router),
-    ("router-aiokafka", "router_aiokafka", "router, aiokafka producer", contenders.router_aiokafka),
+    ("router-aiokafka", "router_aiokafka", "router on aiokafka", contenders.router_aiokafka),
     ("ceiling", "ceiling", "ceiling", contenders.ceiling),
     ("confluent-pass", "confluent_pass", "confluent-kafka pass-through", contenders.confluent_pass),
     ("confluent-loop", "confluent_loop", "confluent-kafka loop", contenders.confluent_loop),
@@ -300,8 +300,8 @@ async def _curve(
     attempt: Callable[[str, Any], Awaitable[dict[str, Any]]],
 ) -> dict[str, dict[str, Any]]:
     """Issue #15's rate-latency curve: at each of ``args.curve_rates``, the confluent-kafka
-    pass-through and the router (each output producer; ``--skip router-aiokafka`` leaves
-    that one out) fed live, one after the other. Keyed by rate (``"2000"``), then contender."""
+    pass-through and the router (on librdkafka and on aiokafka; ``--skip router-aiokafka``
+    leaves that one out) fed live, one after the other. Keyed by rate (``"2000"``), then contender."""
     curve: dict[str, dict[str, Any]] = {}
     for rate in args.curve_rates:
         row = curve[f"{rate:g}"] = {}
