@@ -301,7 +301,8 @@ async def _curve(
 ) -> dict[str, dict[str, Any]]:
     """Issue #15's rate-latency curve: at each of ``args.curve_rates``, the confluent-kafka
     pass-through and the router (on librdkafka and on aiokafka; ``--skip router-aiokafka``
-    leaves that one out) fed live, one after the other. Keyed by rate (``"2000"``), then contender."""
+    leaves that one out) fed live, one after the other. Keyed by rate (``"2000"``), then
+    contender."""
     curve: dict[str, dict[str, Any]] = {}
     for rate in args.curve_rates:
         row = curve[f"{rate:g}"] = {}
