@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -175,9 +176,14 @@ def test_bound_but_not_listening_port_is_refused(tmp_path: Path, no_install: Non
 
 def test_data_dir_of_a_running_server_is_refused(tmp_path: Path, no_install: None) -> None:
     # not `exec sleep`: the process must look like `.../label-studio start`
-    fake = script(tmp_path / "bin" / "label-studio", "sleep 30")
+    fake = script(tmp_path / "bin" / "label-studio", "sleep 30 &\nwait")
     proc = subprocess.Popen([str(fake), "start"], start_new_session=True)
     try:
+        # once it looks so (under load in CI the check once ran before it did)
+        deadline = time.monotonic() + 10
+        while not server_module._is_label_studio(proc.pid):
+            assert time.monotonic() < deadline, "the fake never looked like label-studio"
+            time.sleep(0.05)
         data = tmp_path / "d"
         data.mkdir()
         (data / "label-studio.pid").write_text(f"{proc.pid}\n")
