@@ -61,9 +61,10 @@ def consumer_config(config: Config, group: str, max_fetch_bytes: int) -> dict[st
         "fetch.wait.max.ms": worker.fetch_max_wait_ms,
         "fetch.min.bytes": worker.fetch_min_bytes,
         "max.partition.fetch.bytes": max_fetch_bytes,
-        # prefetched ahead of the worker: a few batches, not librdkafka's 100,000
-        # messages per partition (~80 MB each at the benchmark's 800 bytes)
-        "queued.min.messages": 4 * worker.batch_size,
+        # prefetched ahead of the worker: at most 32 MB (librdkafka's default: 64), ~40,000
+        # predictions of 800 bytes, 2 s of a worker's work. Not by a count: a partition
+        # over queued.min.messages is not fetched for fetch.queue.backoff.ms (1 s), which
+        # starved the worker (measured: 7,600 msgs/s with a limit of 4 batches)
         "queued.max.messages.kbytes": 32 * 1024,
     }
     out.update(security_config(config.kafka.security))
@@ -117,15 +118,22 @@ class RdkafkaReader:
             )
 
     async def read(self, max_records: int, timeout_s: float) -> tuple[int, list[Record]]:
-        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first;
-        with the generation they were read in."""
+        """Up to ``max_records`` records, those already fetched at once, else waiting at
+        most ``timeout_s`` for the first; with the generation they were read in."""
         return await self._call(self._read, max_records, timeout_s)  # type: ignore[no-any-return]
 
     def _read(self, max_records: int, timeout_s: float) -> tuple[int, list[Record]]:
         generation = self.generation
         if not self._assigned:
             return generation, []
-        messages = self._ensure().consume(max_records, timeout_s)
+        consume = self._ensure().consume
+        # what is queued, at once; else wait for the first record only (``consume(n, t)``
+        # waits until it has n records or t is up: at low rates that is latency)
+        messages = consume(max_records, 0)
+        if not messages:
+            messages = consume(1, timeout_s)
+            if messages:
+                messages += consume(max_records - 1, 0)
         out = []
         append = out.append
         for m in messages:

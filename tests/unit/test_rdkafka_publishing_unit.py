@@ -109,13 +109,12 @@ def test_a_vanished_partition_is_resent_not_counted_and_errors_keep_the_first():
 def test_reader_config_follows_the_worker_settings():
     from hitl_router.agents.rdkafka_reading import consumer_config
 
-    config = parse_config(
-        {"worker": {"fetch_max_wait_ms": 20, "fetch_min_bytes": 1, "batch_size": 500}}
-    )
+    config = parse_config({"worker": {"fetch_max_wait_ms": 20, "fetch_min_bytes": 1}})
     conf = consumer_config(config, "hitl-router", 4 * 1024 * 1024)
     assert conf["fetch.wait.max.ms"] == 20 and conf["fetch.min.bytes"] == 1
     assert conf["max.partition.fetch.bytes"] == 4 * 1024 * 1024
-    assert conf["queued.min.messages"] == 2000  # a few batches prefetched, not 100,000
+    # prefetch bounded in bytes; a bound in messages paused fetches for a second
+    assert conf["queued.max.messages.kbytes"] == 32 * 1024 and "queued.min.messages" not in conf
     # assign mode: it reads from Faust's offsets and never commits
     assert conf["enable.auto.commit"] is False and conf["enable.auto.offset.store"] is False
     assert conf["auto.offset.reset"] == "earliest"
