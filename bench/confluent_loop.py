@@ -49,7 +49,7 @@ def run(
     committer = confluent_pass.Committer(consumer, producer, interval)
     try:
         while not confluent_pass.STOP:
-            msgs = consumer.consume(num_messages=batch, timeout=1.0)
+            msgs = confluent_pass.read(consumer, batch)
             now = time.time()
             for m in msgs:
                 if m.error():

@@ -1,7 +1,7 @@
 """The limit of a Python process: a confluent-kafka (librdkafka) consume → produce
 pass-through of the same bytes to one topic.
 
-``Consumer.consume(num_messages=batch)``, ``Producer.produce`` per message with its key
+Up to ``batch`` messages a read (:func:`read`: what is fetched, without waiting to fill a batch), ``Producer.produce`` per message with its key
 (librdkafka reports only failed deliveries: ``delivery.report.only.error``; a failure
 stops the process before anything after it is committed), and every commit interval (the
 worker's ``broker_commit_interval``, 1 s) a ``flush()`` then a commit of the consumer's
@@ -107,6 +107,19 @@ class Committer:
         self.last = time.monotonic()
 
 
+def read(consumer: Any, batch: int, timeout_s: float = 1.0) -> list[Any]:
+    """Up to ``batch`` messages: those already fetched at once, else the first to come
+    (within ``timeout_s``) and what is queued behind it. ``consume(batch, t)`` alone
+    waits until it has ``batch`` messages or ``t`` is up: at 1,000 msgs/s that was a
+    p50 of 500 ms. (The router's reader does the same: hitl_router/agents/rdkafka_reading.py.)"""
+    msgs = consumer.consume(batch, 0)
+    if not msgs:
+        msgs = consumer.consume(1, timeout_s)
+        if msgs:
+            msgs += consumer.consume(batch - 1, 0)
+    return msgs  # type: ignore[no-any-return]
+
+
 def run(
     bootstrap: str,
     input_topic: str,
@@ -123,7 +136,7 @@ def run(
     committer = Committer(consumer, producer, settings.get("commit_interval_s", 1.0))
     try:
         while not STOP:
-            msgs = consumer.consume(num_messages=batch, timeout=1.0)
+            msgs = read(consumer, batch)
             for m in msgs:
                 if m.error():
                     raise KafkaException(m.error())
