@@ -1,7 +1,8 @@
 """The limit of a Python process: a confluent-kafka (librdkafka) consume → produce
 pass-through of the same bytes to one topic.
 
-Up to ``batch`` messages a read (:func:`read`: what is fetched, without waiting to fill a batch), ``Producer.produce`` per message with its key
+Up to ``batch`` messages a read (:func:`read`: what is fetched, without waiting to fill a
+batch), ``Producer.produce`` per message with its key
 (librdkafka reports only failed deliveries: ``delivery.report.only.error``; a failure
 stops the process before anything after it is committed), and every commit interval (the
 worker's ``broker_commit_interval``, 1 s) a ``flush()`` then a commit of the consumer's

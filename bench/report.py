@@ -438,43 +438,47 @@ def _md_curve(results: Result) -> list[str]:
     ]
 
 
-#: what the first anchors runs showed (written by hand, dated)
+#: what the anchors runs showed (written by hand, dated)
 ANCHOR_NOTES = [
-    "Measured on 2026-12-01 (the run above, a first run the same hour, and `--quick` "
-    "runs); every id of the 200,000 got replay's fate from the router, the confluent-kafka "
-    "loop and the Quix app (187 dead letters, 96 of them without an id, the same in all "
-    "three):",
+    "Measured on 2026-12-01 (the run above and three runs the same morning); every id of "
+    "the 200,000 got replay's fate from the router, the confluent-kafka loop and the Quix "
+    "app (187 dead letters, 96 of them without an id, the same in all three):",
     "",
-    "- *The first run flushed per batch.* The pass-through and the loop first waited for "
-    "every batch of 1,000 to be acknowledged (`flush()`) before reading the next: the "
-    "pass-through moved 69,000–92,000 msgs/s with 0.41 of a core busy, the loop "
-    "8,600–10,500 at 95–102 µs, and the router passed the loop target (1.78). Both now "
-    "flush and commit once per commit interval (1 s, the worker's), consuming and "
-    "producing in between, as the worker does: the pass-through went to 94,000–118,000 "
-    "and the router / loop ratio fell under the target. Against this machine's noise "
-    "(the router's two rounds: 16,972 and 13,767 msgs/s) read the ratios of each round.",
-    "- *The issue's anchors are not reproduced yet.* Issue #15 measured the loop at "
-    "~22,100 msgs/s and 46 µs of CPU per message, the Quix app at ~9,100 and 116, the "
-    "pass-through at 126,000–174,000 and 5. The loop here spends 97 µs per message, its "
-    "cores busy (0.97): its Python work alone (`decide` and `orjson.dumps`, offline over "
-    "100,000 messages of the workload) is 48–57 µs per message, the full check of the "
-    "message contract included (the outputs must agree with the router's on every id, "
-    "dead letters too). The PASS against the Quix app is this anchor's: a faster loop "
-    "(the issue's) is the one to beat, and making it as lean as a careful user would is "
-    "the next step.",
+    "- *The router reads and writes with librdkafka* (`worker.consumer` and "
+    '`worker.producer`, README "The agents"). Same run, same broker, router on '
+    "librdkafka / on aiokafka: this run's rounds 17,587 / 19,387 and 27,898 / 22,543 "
+    "msgs/s; the runs before it 27,009 / 22,834 and 24,637 / 21,573 (38 / 36–41 µs "
+    "CPU), and 30,211 / 25,085 (33 / 37 µs). So 1.1–1.2× in most rounds, within this "
+    "machine's noise in some. Before the fix of the reader's prefetch (a bound of 4 "
+    "batches in messages, which librdkafka enforces by not fetching a partition for "
+    "`fetch.queue.backoff.ms`, 1 s) it moved 7,600 msgs/s.",
+    "- *The anchors match the issue's now.* The machine was quieter than the day before: "
+    "the loop 16,300–18,900 msgs/s at 57–61 µs of CPU, the Quix app 8,500–8,800 at "
+    "121–125, the pass-through 130,000–260,000 at 3–4 (the issue: ~22,100 at 46, ~9,100 at "
+    "116, 126,000–174,000 at 5). The loop is the per-message Python a careful user writes "
+    "(`bench/anchor_rules.py`: orjson, the contract checks, seven scores in plain Python); "
+    "its decide alone is ~42–55 µs offline.",
+    "- *Against the loop and Quix the ratio is the router's noise.* Per round: router / "
+    "loop 1.08–1.54 here, 1.43–1.51 the run before; router / Quix 2.06–3.28. In a quiet "
+    "round the targets are met; in a noisy one they are not.",
+    "- *0.3 × the pass-through is out of reach for this work per message.* The "
+    "pass-through costs 3–4 µs per message; the router's own Python per message, offline "
+    "(`bench/drift_cost.py`, `decide` incl. parsing: 12.5 µs) and its outputs (orjson "
+    "documents for every id: ~7 µs), is already ~20 µs before any Kafka client, and parsing "
+    "(msgspec into Python floats) is most of it. 0.3 × 130,000–260,000 msgs/s would "
+    "be 13–26 µs per message for everything.",
+    "- *The anchors read what is fetched.* `consume(n, t)` waits until it has n messages "
+    "or t is up: the pass-through's p50 was 517 ms at 1,000 msgs/s and 277 ms at 2,000. "
+    "They (and the router's reader) now take what librdkafka has fetched at once and wait "
+    "for the first message only.",
     "- *Small produce requests.* librdkafka sends one produce request per partition: over "
-    "the loop's 36 output partitions (6 topics × 6) at `linger.ms` 5 (the worker's, and "
-    "librdkafka's default) its requests held a few messages each, and the broker spent "
-    "80–94 µs of CPU per message (the router's runs: 22–25). A `--quick` run with "
-    "`linger.ms` 100 moved 9,005 against 6,892 msgs/s: not applied, the anchors keep the "
-    "worker's settings.",
+    "the loop's 36 output partitions (6 topics × 6) at `linger.ms` 5 (the worker's) its "
+    "requests hold a few messages each; the broker spends more CPU per message on the "
+    "loop than on the router, which produces a batch at a time.",
     "- *numpy per message* (the checks and the seven scores of 10 classes and 5 members) "
-    "took 100–150 µs of CPU on this machine, plain Python ~35 (the scores ~23, with the "
-    "members' mean KL divergence computed as the entropy of the mean minus their mean "
-    "entropy, which is BALD): `bench/anchor_rules.py` uses plain Python.",
-    "- *The Quix app* runs the same `decide`; on top, Quix's per-message path and its "
-    "copies at the branching point (one `pickle.dumps` and five `pickle.loads` of the "
-    "decided row: ~23 µs per message offline).",
+    "took 100–150 µs of CPU on this machine, plain Python ~35: `bench/anchor_rules.py` "
+    "uses plain Python. *The Quix app* runs the same `decide`; on top, Quix's per-message "
+    "path and its copies at the branching point (~23 µs per message offline).",
     "",
 ]
 
