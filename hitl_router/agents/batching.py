@@ -286,9 +286,16 @@ class BatchingConsumer(Consumer):
 
     async def _read_batches(self, fetcher: Any, in_flight: InFlight) -> None:
         """The batched topics' fetch loop on librdkafka (``reader_conf``): a read at a
-        time, handed over as aiokafka's fetches are. Nothing read while the flow is
-        stopped (a rebalance), or before the last assignment, is handed over: the seek
-        after the rebalance assigns the committed offsets, which read it again."""
+        time, handed over as aiokafka's fetches are.
+
+        What a read returns is handed over only if no assignment came after it began (its
+        generation is the reader's): a revocation assigns nothing, and the seek after a
+        rebalance assigns Faust's committed offsets, which read it again. Records of the
+        current generation are never dropped — librdkafka's position is past them — so
+        while the flow is stopped they wait for it (or for an assignment, which drops
+        them). Nor do they need the ``_unsought`` check of aiokafka's records: the reader
+        reads only what a seek assigned it, from the sought offsets (the seek may run
+        with the flow on, after a recovery of tables)."""
         reader = self._reader
         assert reader is not None
         size = self.app.conf.broker_max_poll_records
@@ -300,7 +307,14 @@ class BatchingConsumer(Consumer):
                     await asyncio.wait_for(self.can_resume_flow.wait(), 0.5)
                 continue
             generation, records = await reader.read(size, 0.1)
-            if not records or not self.flow_active or generation != reader.generation:
+            if not records:
+                continue
+            while not self.flow_active and generation == reader.generation:
+                if consumer_should_stop() or fetcher_should_stop():
+                    return  # not acked: redone from the committed offset
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.can_resume_flow.wait(), 0.5)
+            if generation != reader.generation:
                 continue
             by_tp: dict[Any, list[Any]] = {}
             for r in records:
@@ -314,11 +328,10 @@ class BatchingConsumer(Consumer):
             fetched = {}
             now = monotonic()
             monitor = self.app.monitor
-            unsought = self._unsought
             for (topic, partition), recs in by_tp.items():
                 tp = self._new_topicpartition(topic, partition)
-                if tp not in assignment or tp in unsought:
-                    continue  # no longer this worker's, or read before its seek
+                if tp not in assignment:
+                    continue  # no longer this worker's (a rebalance is under way)
                 monitor.track_tp_end_offset(tp, reader.high_watermark(topic, partition))
                 monitor.stream_inbound_time[tp] = now
                 fetched[tp] = recs
