@@ -306,12 +306,14 @@ async def router(
     """One worker over the prefilled topic (under py-spy with ``setup.py_spy``: its CPU
     figures then count py-spy, not the worker, and the result carries the profile).
     ``dedup``: see :func:`router_config`; ``client``: its ``worker.consumer`` and
-    ``worker.producer`` (default: the worker's own, librdkafka)."""
+    ``worker.producer`` (default: librdkafka, aiokafka with dedup's table)."""
     from bench.profile import summarize
 
     config = router_config(setup, name, dedup=dedup)
-    if client is not None:
-        config["worker"] = {**config["worker"], "consumer": client, "producer": client}
+    if setup.load_control and dedup:
+        client = client or "aiokafka"  # dedup's table: librdkafka cannot read for it yet
+    client = client or "librdkafka"
+    config["worker"] = {**config["worker"], "consumer": client, "producer": client}
     path = write_config(setup, config, name)
     profile = setup.tmp / f"{name}.pyspy.txt" if setup.py_spy else None
     # with load control, budgets and caps make fates differ from the plain rules' by design

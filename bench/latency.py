@@ -172,8 +172,9 @@ async def measure(
     name = f"latency-{of}{suffix}"
     input_topic = f"bench-{name}-in-{setup.tag}"
     config = contenders.router_config(setup, name, input_topic=input_topic)
-    if of == "router-aiokafka":
-        config["worker"] = {**config["worker"], "consumer": "aiokafka", "producer": "aiokafka"}
+    if of.startswith("router"):
+        client = "aiokafka" if of == "router-aiokafka" else "librdkafka"
+        config["worker"] = {**config["worker"], "consumer": client, "producer": client}
     path = contenders.write_config(setup, config, name)
     if of.startswith("router"):
         outputs = contenders.output_topics(config)

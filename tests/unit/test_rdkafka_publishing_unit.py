@@ -120,3 +120,15 @@ def test_reader_config_follows_the_worker_settings():
     assert conf["auto.offset.reset"] == "earliest"
     assert conf["isolation.level"] == "read_uncommitted"  # as aiokafka under Faust
     assert conf["group.id"] == "hitl-router-reader"
+
+
+def test_the_reader_is_refused_for_agents_with_tables():
+    """Faust's table recovery pauses stream partitions, which the librdkafka reader does
+    not honour yet: a worker with the label loop or dedup refuses it, naming the key."""
+    from hitl_router.agents.app import build_app
+
+    config = parse_config({"worker": {"consumer": "librdkafka"}})
+    assert build_app(config, agents=["router", "sampler"], web_port=65535).reader_conf
+    with pytest.raises(ConfigError, match="worker.consumer: librdkafka cannot read .* tables"):
+        build_app(config, agents=["labels"], web_port=65535)
+    assert build_app(parse_config({}), agents=["router"], web_port=65535).reader_conf is None
