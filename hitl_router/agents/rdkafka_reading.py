@@ -101,20 +101,16 @@ class RdkafkaReader:
         await self._call(self._assign, dict(positions))
 
     def _assign(self, positions: dict[tuple[str, int], int | None]) -> None:
-        tps = [
-            TopicPartition(t, p, OFFSET_BEGINNING if o is None else o)
-            for (t, p), o in sorted(positions.items())
-        ]
+        ordered = sorted(positions.items())
+        tps = [TopicPartition(t, p, OFFSET_BEGINNING if o is None else o) for (t, p), o in ordered]
         self._ensure().assign(tps)
         self.generation += 1
         self._assigned = frozenset(positions)
-        if positions:
+        if ordered:
             log.info(
                 "librdkafka reads %d partition(s) from Faust's offsets: %s",
-                len(positions),
-                ", ".join(
-                    f"{t}[{p}]@{'start' if o is None else o}" for (t, p), o in tps_sorted(positions)
-                ),
+                len(ordered),
+                ", ".join(f"{t}[{p}]@{'start' if o is None else o}" for (t, p), o in ordered),
             )
 
     async def read(self, max_records: int, timeout_s: float) -> tuple[int, list[Record]]:
@@ -160,12 +156,6 @@ class RdkafkaReader:
             await self._call(self._consumer.close)
             self._consumer = None
         self._executor.shutdown(wait=False)
-
-
-def tps_sorted(
-    positions: Mapping[tuple[str, int], int | None],
-) -> list[tuple[tuple[str, int], int | None]]:
-    return sorted(positions.items())
 
 
 def _check(error: KafkaError) -> None:
