@@ -306,12 +306,10 @@ async def router(
     """One worker over the prefilled topic (under py-spy with ``setup.py_spy``: its CPU
     figures then count py-spy, not the worker, and the result carries the profile).
     ``dedup``: see :func:`router_config`; ``client``: its ``worker.consumer`` and
-    ``worker.producer`` (default: librdkafka, aiokafka with dedup's table)."""
+    ``worker.producer`` (default: librdkafka)."""
     from bench.profile import summarize
 
     config = router_config(setup, name, dedup=dedup)
-    if setup.load_control and dedup:
-        client = client or "aiokafka"  # dedup's table: librdkafka cannot read for it yet
     client = client or "librdkafka"
     config["worker"] = {**config["worker"], "consumer": client, "producer": client}
     path = write_config(setup, config, name)

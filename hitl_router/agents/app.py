@@ -44,7 +44,6 @@ from hitl_router.agents.publishing import BatchPublisher
 from hitl_router.agents.rdkafka_publishing import RdkafkaPublisher, producer_config
 from hitl_router.agents.rdkafka_reading import consumer_config
 from hitl_router.agents.routed_table import RoutedTable
-from hitl_router.errors import ConfigError
 from hitl_router.feedback_metrics import FeedbackMetrics
 from hitl_router.metrics import RouterMetrics
 from hitl_router.router.config import OUTPUT_FRAMING_BYTES, Config, WorkerConfig
@@ -314,15 +313,6 @@ def build_app(
         app.batch_topics.update(_install_labels(app, config, policy, feedback, publish))
     app.worker_settings = config.worker
     if config.worker.consumer == "librdkafka" and app.batch_topics:
-        if routed is not None or "labels" in agents:
-            # a table's recovery pauses its stream partitions in Faust; the reader does not
-            # honour those pauses yet (measured: labels joined against a table not yet
-            # recovered stayed pending in the label-loop failover test)
-            raise ConfigError(
-                "worker.consumer",
-                "librdkafka cannot read for agents with Faust tables yet (the label loop, "
-                "dedup); use aiokafka",
-            )
         app.reader_conf = consumer_config(config, app_id, app.conf.consumer_max_fetch_size)
     return app
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from time import monotonic
 from typing import Any
 
@@ -208,13 +208,17 @@ class BatchingConsumer(Consumer):
         reader = self._ensure_reader()
         if reader is not None:
             # the reader starts where Faust just sought aiokafka to: the committed offset,
-            # else the beginning (what ``_seek_to_committed_or_beginning`` does)
+            # else the beginning (what ``_seek_to_committed_or_beginning`` does); only the
+            # partitions Faust has not paused: while tables recover, their stream
+            # partitions stay paused, and Faust seeks them again when it resumes them
+            # (``Recovery._resume_streams``), which assigns them here
             read_offset = self._read_offset
+            active = self._get_active_partitions()
             await reader.assign(
                 {
                     (tp.topic, tp.partition): read_offset.get(tp) or None
                     for tp in self.assignment()
-                    if tp.topic in self.batch_topics
+                    if tp.topic in self.batch_topics and tp in active
                 }
             )
         self._unsought.difference_update(before)
@@ -292,10 +296,12 @@ class BatchingConsumer(Consumer):
         generation is the reader's): a revocation assigns nothing, and the seek after a
         rebalance assigns Faust's committed offsets, which read it again. Records of the
         current generation are never dropped — librdkafka's position is past them — so
-        while the flow is stopped they wait for it (or for an assignment, which drops
-        them). Nor do they need the ``_unsought`` check of aiokafka's records: the reader
-        reads only what a seek assigned it, from the sought offsets (the seek may run
-        with the flow on, after a recovery of tables)."""
+        while the flow is stopped, or one of their partitions is paused in Faust (a
+        rebalance pauses everything before it revokes), they wait for both to resume (or
+        for an assignment, which drops them). Nor do they need the ``_unsought`` check of
+        aiokafka's records: the reader reads only what a seek assigned it, from the
+        sought offsets, and only partitions Faust had not paused (the seek may run with
+        the flow on, after a recovery of tables)."""
         reader = self._reader
         assert reader is not None
         size = self.app.conf.broker_max_poll_records
@@ -309,33 +315,45 @@ class BatchingConsumer(Consumer):
             generation, records = await reader.read(size, 0.1)
             if not records:
                 continue
-            while not self.flow_active and generation == reader.generation:
+            by_tp: dict[Any, list[Any]] = {}
+            for r in records:
+                key = (r.topic, r.partition)
+                got = by_tp.get(key)
+                if got is None:
+                    by_tp[key] = [r]
+                else:
+                    got.append(r)
+            tps = {self._new_topicpartition(*key): key for key in by_tp}
+            while generation == reader.generation and not self._may_hand_over(tps):
                 if consumer_should_stop() or fetcher_should_stop():
                     return  # not acked: redone from the committed offset
+                if self.flow_active:  # a partition paused, the flow on: look again soon
+                    await asyncio.sleep(0.05)
+                    continue
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.can_resume_flow.wait(), 0.5)
             if generation != reader.generation:
                 continue
-            by_tp: dict[Any, list[Any]] = {}
-            for r in records:
-                tp = (r.topic, r.partition)
-                got = by_tp.get(tp)
-                if got is None:
-                    by_tp[tp] = [r]
-                else:
-                    got.append(r)
             assignment = self.assignment()
             fetched = {}
             now = monotonic()
             monitor = self.app.monitor
-            for (topic, partition), recs in by_tp.items():
-                tp = self._new_topicpartition(topic, partition)
+            for tp, (topic, partition) in tps.items():
                 if tp not in assignment:
                     continue  # no longer this worker's (a rebalance is under way)
                 monitor.track_tp_end_offset(tp, reader.high_watermark(topic, partition))
                 monitor.stream_inbound_time[tp] = now
-                fetched[tp] = recs
+                fetched[tp] = by_tp[topic, partition]
             await self._hand_over(fetched, in_flight)
+
+    def _may_hand_over(self, tps: Iterable[Any]) -> bool:
+        """The flow runs and Faust has paused none of these partitions that this worker
+        holds (records of those it no longer holds are dropped at the hand-over)."""
+        if not self.flow_active:
+            return False
+        active = self._get_active_partitions()
+        assignment = self.assignment()
+        return all(tp in active or tp not in assignment for tp in tps)
 
     async def _hand_over(self, records: Mapping[Any, Sequence[Any]], in_flight: InFlight) -> None:
         """One fetch's records, per partition: the batched topics' go to their sinks as

@@ -235,10 +235,10 @@ class WorkerConfig:
     #: the Kafka client that writes the outputs: ``librdkafka`` (confluent-kafka: batches
     #: built in C, off the event loop) or ``aiokafka`` (Faust's own producer)
     producer: str = "librdkafka"
-    #: the Kafka client that reads the predictions: ``aiokafka`` (Faust's own consumer)
-    #: or ``librdkafka`` (in assign mode, under the group of Faust's aiokafka consumer;
-    #: not yet for agents with Faust tables: the label loop, dedup)
-    consumer: str = "aiokafka"
+    #: the Kafka client that reads the batched topics (predictions, decisions, labels):
+    #: ``librdkafka`` (in assign mode, under the group of Faust's aiokafka consumer) or
+    #: ``aiokafka`` (Faust's own consumer)
+    consumer: str = "librdkafka"
 
 
 #: the clients ``worker.producer`` and ``worker.consumer`` may name

@@ -122,13 +122,18 @@ def test_reader_config_follows_the_worker_settings():
     assert conf["group.id"] == "hitl-router-reader"
 
 
-def test_the_reader_is_refused_for_agents_with_tables():
-    """Faust's table recovery pauses stream partitions, which the librdkafka reader does
-    not honour yet: a worker with the label loop or dedup refuses it, naming the key."""
+def test_librdkafka_reads_the_batched_topics_of_every_agent_by_default():
+    """The default reader is librdkafka's, for agents with Faust tables too (the label
+    loop, dedup: the reader is assigned only the partitions Faust has not paused, so it
+    waits for their recovery); ``worker.consumer: aiokafka`` leaves them to Faust."""
     from hitl_router.agents.app import build_app
 
-    config = parse_config({"worker": {"consumer": "librdkafka"}})
-    assert build_app(config, agents=["router", "sampler"], web_port=65535).reader_conf
-    with pytest.raises(ConfigError, match="worker.consumer: librdkafka cannot read .* tables"):
-        build_app(config, agents=["labels"], web_port=65535)
-    assert build_app(parse_config({}), agents=["router"], web_port=65535).reader_conf is None
+    config = parse_config({})
+    assert config.worker.consumer == "librdkafka"
+    for agents in (["router", "sampler"], ["labels"]):
+        conf = build_app(config, agents=agents, web_port=65535).reader_conf
+        assert conf is not None and conf["enable.auto.commit"] is False
+    dedup = parse_config({"dedup": {"retention_s": 60}})
+    assert build_app(dedup, agents=["router"], web_port=65535).reader_conf is not None
+    aiokafka = parse_config({"worker": {"consumer": "aiokafka"}})
+    assert build_app(aiokafka, agents=["router"], web_port=65535).reader_conf is None
