@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from bench import contenders, procs
-from bench.kafka_io import OutputReader, partition_of_each, prefill
+from bench.kafka_io import OutputReader, partition_of_each, prefill, settle
 
 TS_FIELD = b',"ts":'
 WARMUP = 500  # messages through the contender before the clock starts
@@ -197,6 +197,7 @@ async def measure(
         setup.partitions,
         {"message.timestamp.type": "LogAppendTime"},
     )
+    await asyncio.to_thread(settle, setup.bootstrap, outputs, setup.partitions)
     reader = OutputReader(setup.bootstrap, outputs, setup.partitions)
     await reader.start()
     probe = LatencyProbe()
