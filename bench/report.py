@@ -440,33 +440,41 @@ def _md_curve(results: Result) -> list[str]:
 
 #: what the anchors runs showed (written by hand, dated)
 ANCHOR_NOTES = [
-    "Measured on 2026-12-01 (the run above and three runs the same morning); every id of "
-    "the 200,000 got replay's fate from the router, the confluent-kafka loop and the Quix "
-    "app (187 dead letters, 96 of them without an id, the same in all three):",
+    "Measured on 2026-12-01 (the run above, commit `af47fca`, and the runs of the same day "
+    "named below); every id of the 200,000 got replay's fate from the router, the "
+    "confluent-kafka loop and the Quix app (187 dead letters, 96 of them without an id, the "
+    "same in all three):",
     "",
+    "- *Fresh output topics are settled first* (`bench.kafka_io.settle`, ANALYSIS.md "
+    '"Latency tails"): a new partition\'s first index entries stalled the broker for up to '
+    "1.5 s in every contender writing 6 fresh topics. Since then the anchors that write "
+    "them are faster too: the loop 17,163 and 21,095 msgs/s (61 and 53 µs of CPU; "
+    "16,300–18,900 in the morning's runs), the Quix app 10,991 and 9,675 (98 and 111 µs; "
+    "8,500–8,800). The issue's: ~22,100 at 46 and ~9,100 at 116.",
     "- *The router reads and writes with librdkafka* (`worker.consumer` and "
-    '`worker.producer`, README "The agents"). Same run, same broker, router on '
-    "librdkafka / on aiokafka: this run's rounds 17,587 / 19,387 and 27,898 / 22,543 "
-    "msgs/s; the runs before it 27,009 / 22,834 and 24,637 / 21,573 (38 / 36–41 µs "
-    "CPU), and 30,211 / 25,085 (33 / 37 µs). So 1.1–1.2× in most rounds, within this "
-    "machine's noise in some. Before the fix of the reader's prefetch (a bound of 4 "
-    "batches in messages, which librdkafka enforces by not fetching a partition for "
-    "`fetch.queue.backoff.ms`, 1 s) it moved 7,600 msgs/s.",
-    "- *The anchors match the issue's now.* The machine was quieter than the day before: "
-    "the loop 16,300–18,900 msgs/s at 57–61 µs of CPU, the Quix app 8,500–8,800 at "
-    "121–125, the pass-through 130,000–260,000 at 3–4 (the issue: ~22,100 at 46, ~9,100 at "
-    "116, 126,000–174,000 at 5). The loop is the per-message Python a careful user writes "
-    "(`bench/anchor_rules.py`: orjson, the contract checks, seven scores in plain Python); "
-    "its decide alone is ~42–55 µs offline.",
+    '`worker.producer`, README "The agents"): 26,767 msgs/s at 36 µs in round 1, 20,194 at '
+    "47 µs in round 2 (with 0.25 cores of other load on the machine); on aiokafka 23,449 "
+    "and 23,903 at 39–40 µs. In throughput the two clients are within this machine's "
+    "noise of each other; in latency librdkafka's tails are 2–4× shorter (the curve).",
     "- *Against the loop and Quix the ratio is the router's noise.* Per round: router / "
-    "loop 1.08–1.54 here, 1.43–1.51 the run before; router / Quix 2.06–3.28. In a quiet "
-    "round the targets are met; in a noisy one they are not.",
+    "loop 1.56 and 0.96, router / Quix 2.44 and 2.09 (the morning's runs: 1.08–1.54 and "
+    "2.06–3.28). The router's CPU per message moved 36 → 47 µs between rounds, the loop's "
+    "61 → 53: in a quiet round the loop target is met, in a noisy one it is not.",
     "- *0.3 × the pass-through is out of reach for this work per message.* The "
-    "pass-through costs 3–4 µs per message; the router's own Python per message, offline "
-    "(`bench/drift_cost.py`, `decide` incl. parsing: 12.5 µs) and its outputs (orjson "
-    "documents for every id: ~7 µs), is already ~20 µs before any Kafka client, and parsing "
-    "(msgspec into Python floats) is most of it. 0.3 × 130,000–260,000 msgs/s would "
-    "be 13–26 µs per message for everything.",
+    "pass-through costs 4–6 µs per message; the router's own Python per message, offline "
+    "(`bench/drift_cost.py`, `decide` incl. parsing: 12.5–15 µs) and its outputs (orjson "
+    "documents for every id: ~7 µs), is already ~20 µs before any Kafka client. Parsing "
+    "is most of it and is already msgspec's typed decode in C (2.3–4 µs a message alone, "
+    "measured); pysimdjson 7.0.2 reading the probabilities straight into buffers took "
+    "2.6–2.8 µs, no faster. 0.3 × 129,000–185,000 msgs/s would be 18–26 µs per message "
+    "for everything.",
+    "- *Latency at 2,000 msgs/s.* Met in the curve's other rates (p99 1.29× and 1.26× the "
+    "pass-through's at 1,000 and 4,000) and in 5 of the 7 other runs at ~2,000 after the "
+    "settle fix (router p99 39, 35, 34, 45, 35 ms against 30, 29, 28, 31, 31; p50 21–26 against "
+    "16–17), not in this run's (86 against 26) nor in 2 of 4 later ones (66 and 45 against "
+    "26 and 27). In those, every output over 80 ms came from the first 0.1 s of the paced "
+    "window (max 317 and 265 ms): a transient at the start of traffic, not found yet; "
+    "without the first 0.25 s, p99 was 57 and 36 ms.",
     "- *The anchors read what is fetched.* `consume(n, t)` waits until it has n messages "
     "or t is up: the pass-through's p50 was 517 ms at 1,000 msgs/s and 277 ms at 2,000. "
     "They (and the router's reader) now take what librdkafka has fetched at once and wait "
@@ -474,7 +482,7 @@ ANCHOR_NOTES = [
     "- *Small produce requests.* librdkafka sends one produce request per partition: over "
     "the loop's 36 output partitions (6 topics × 6) at `linger.ms` 5 (the worker's) its "
     "requests hold a few messages each; the broker spends more CPU per message on the "
-    "loop than on the router, which produces a batch at a time.",
+    "loop (35 µs here) than on the router (12), which produces a batch at a time.",
     "- *numpy per message* (the checks and the seven scores of 10 classes and 5 members) "
     "took 100–150 µs of CPU on this machine, plain Python ~35: `bench/anchor_rules.py` "
     "uses plain Python. *The Quix app* runs the same `decide`; on top, Quix's per-message "
