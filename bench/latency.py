@@ -102,31 +102,32 @@ class LatencyProbe:
 
 
 async def pace(
-    bootstrap: str,
+    producer: Any,
     topic: str,
     messages: list[bytes],
     keys: list[bytes | None],
     rate: float,
     partitions: int,
 ) -> dict[str, Any]:
-    """Send ``messages`` at ``rate``: every 2 ms, the messages due are stamped (``ts`` =
-    now) and sent as one record batch per partition (the key's murmur2 partition, as any
+    """Send ``messages`` at ``rate`` with ``producer`` (started, with the topic's
+    metadata: see :func:`_serve`): every 2 ms, the messages due are stamped (``ts`` = now)
+    and sent as one record batch per partition (the key's murmur2 partition, as any
     producer), like a producer with a 2 ms linger. One ``send`` per message cost the
     machine ~0.25 cores at 6k msgs/s, taken from the contender it measures."""
-    from aiokafka import AIOKafkaProducer
-
     parts = [split_ts(m) for m in messages]
     partition = partition_of_each(keys, partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
-    await producer.start()
     futures = []
     sent = 0
     try:
         t0 = time.time()
+        last, gap, gap_at = t0, 0.0, 0.0
         while sent < len(messages):
             due = min(len(messages), int((time.time() - t0) * rate) + 1)
             batches: dict[int, Any] = {}
             now = time.time()
+            if now - last > gap:  # the pacer's own stalls: a stamp waits for them
+                gap, gap_at = now - last, last - t0
+            last = now
             for i in range(sent, due):
                 msg, part = messages[i], parts[i]
                 if part is not None:
@@ -154,6 +155,10 @@ async def pace(
         "seconds": t_end - t0,
         "rate": sent / max(t_end - t0, 1e-9),
         "t0": t0,
+        #: the longest time between two of the pacer's rounds (2 ms apart when it keeps
+        #: up), and when it began (s into the run)
+        "max_gap_ms": gap * 1000.0,
+        "max_gap_at_s": gap_at,
     }
 
 
@@ -250,6 +255,8 @@ async def measure(
         "seconds": paced["seconds"],
         "sent": paced["sent"],
         "failed_sends": paced["failed"],
+        "pacer_max_gap_ms": paced.get("max_gap_ms"),
+        "pacer_max_gap_at_s": paced.get("max_gap_at_s"),
         "outputs": reader.stats.total - WARMUP,
         "outputs_read_after_run": True,
         "worker_cores": (w1 - w0) / max(u1.at - u0.at, 1e-9),
@@ -312,13 +319,31 @@ def main() -> None:
     sim = Simulator(seed=args.seed, flag_rate=0.01, malformed_rate=0.001, id_prefix=args.id_prefix)
     messages = list(sim.messages(count))
     keys = [message_key(m) for m in messages]
-    print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
-        return
-    summary = asyncio.run(
-        pace(args.bootstrap, args.topic, messages, keys, args.rate, args.partitions)
-    )
-    print(json.dumps(summary), flush=True)
+    summary = asyncio.run(_serve(args, messages, keys))
+    if summary is not None:
+        print(json.dumps(summary), flush=True)
+
+
+async def _serve(
+    args: argparse.Namespace, messages: list[bytes], keys: list[bytes | None]
+) -> dict[str, Any] | None:
+    """Connect and learn the topic's partitions, say ``ready``, pace on ``go``: the
+    producer's start is not in the paced window."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks=1, linger_ms=0)
+    await producer.start()
+    try:
+        await producer.partitions_for(args.topic)
+        print("ready", flush=True)
+        line = await asyncio.to_thread(sys.stdin.readline)
+    except BaseException:
+        await producer.stop()
+        raise
+    if line.strip() != "go":
+        await producer.stop()
+        return None
+    return await pace(producer, args.topic, messages, keys, args.rate, args.partitions)
 
 
 if __name__ == "__main__":

@@ -413,7 +413,7 @@ def _md_curve(results: Result) -> list[str]:
     if not curve:
         return []
     headers = ["input msgs/s", "fed to", "achieved msgs/s", "outputs timed", "p50 ms", "p99 ms"]
-    headers += ["max ms", "its cores", "machine busy (cores)"]
+    headers += ["max ms", "its cores", "machine busy (cores)", "pacer's longest stall ms"]
     rows = []
     for rate, row in curve.items():
         for of, lat in row.items():
@@ -421,13 +421,24 @@ def _md_curve(results: Result) -> list[str]:
             if not lat.get("ok"):
                 rows.append([rate, label, f"FAILED: {_error(lat)}", *[""] * (len(headers) - 3)])
                 continue
-            rows.append([_num(float(rate)), label, _num(lat["achieved_rate"]), *_timed(lat)])
+            rows.append(
+                [
+                    _num(float(rate)),
+                    label,
+                    _num(lat["achieved_rate"]),
+                    *_timed(lat),
+                    _num(lat.get("pacer_max_gap_ms"), ".0f"),
+                ]
+            )
     t = curve_targets(results)
     return [
         "### Rate–latency curve",
         "",
         "Each contender fed live at each rate on a topic of its own (the latency run of "
-        "*how measured*, 10 s each): prediction `ts` → its output's LogAppendTime.",
+        "*how measured*, 10 s each): prediction `ts` → its output's LogAppendTime. The "
+        "pacer stamps each message when it builds its batch; its longest stall between two "
+        "rounds (2 ms apart when it keeps up) delays what it stamped just before: a stall "
+        "of 200–300 ms shows as the max of that run, for any contender.",
         "",
         *_md_table(headers, rows),
         f"At {CURVE_TARGET_RATE:,} msgs/s: router p99 / pass-through p99 = "
@@ -469,12 +480,16 @@ ANCHOR_NOTES = [
     "2.6–2.8 µs, no faster. 0.3 × 129,000–185,000 msgs/s would be 18–26 µs per message "
     "for everything.",
     "- *Latency at 2,000 msgs/s.* Met in the curve's other rates (p99 1.29× and 1.26× the "
-    "pass-through's at 1,000 and 4,000) and in 5 of the 7 other runs at ~2,000 after the "
-    "settle fix (router p99 39, 35, 34, 45, 35 ms against 30, 29, 28, 31, 31; p50 21–26 against "
-    "16–17), not in this run's (86 against 26) nor in 2 of 4 later ones (66 and 45 against "
-    "26 and 27). In those, every output over 80 ms came from the first 0.1 s of the paced "
-    "window (max 317 and 265 ms): a transient at the start of traffic, not found yet; "
-    "without the first 0.25 s, p99 was 57 and 36 ms.",
+    "pass-through's at 1,000 and 4,000) and in 7 of the 12 other runs at ~2,000 after the "
+    "settle fix (router p99 34–45 ms against the pass-through's 26–31; p50 21–26 against "
+    "15–17 in all), not in this run's (86 against 26) nor in 4 later ones (45–72 against "
+    "26–27). In those every output over 80 ms came from the first 0.1 s of the paced "
+    "window. It is the load generator's: the pacer (since then timing itself) stalled "
+    "166–258 ms once in its first 0.06 s in 5 of 10 runs, the pass-through's too (its max "
+    "then 182 and 306 ms), and every max over 150 ms came with such a stall. Messages it "
+    "stamped just before wait that long; the router's p99 takes it more (~120 of 20,000 "
+    "outputs) than the pass-through's. The machine has 2 cores for the broker, the "
+    "contender and the pacer; traffic starting is when they all wake.",
     "- *The anchors read what is fetched.* `consume(n, t)` waits until it has n messages "
     "or t is up: the pass-through's p50 was 517 ms at 1,000 msgs/s and 277 ms at 2,000. "
     "They (and the router's reader) now take what librdkafka has fetched at once and wait "
