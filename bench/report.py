@@ -480,9 +480,9 @@ ANCHOR_NOTES = [
     "2.6–2.8 µs, no faster. 0.3 × 129,000–185,000 msgs/s would be 18–26 µs per message "
     "for everything.",
     "- *Latency at 2,000 msgs/s.* Met in the curve's other rates (p99 1.29× and 1.26× the "
-    "pass-through's at 1,000 and 4,000) and in 7 of the 12 other runs at ~2,000 after the "
+    "pass-through's at 1,000 and 4,000) and in 10 of the 16 other runs at ~2,000 after the "
     "settle fix (router p99 34–45 ms against the pass-through's 26–31; p50 21–26 against "
-    "15–17 in all), not in this run's (86 against 26) nor in 4 later ones (45–72 against "
+    "15–17 in all), not in this run's (86 against 26) nor in 6 later ones (44–72 against "
     "26–27). In those every output over 80 ms came from the first 0.1 s of the paced "
     "window. It is the load generator's: the pacer (since then timing itself) stalled "
     "166–258 ms once in its first 0.06 s in 5 of 10 runs, the pass-through's too (its max "
