@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from bench import agreement, procs
-from bench.kafka_io import Admin, OutputReader, free_port, prefill, settle
+from bench.kafka_io import Admin, OutputReader, free_port, prefill, quiesce, settle
 from bench.peer import topics as peer_topics
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,7 @@ async def run_processes(
     fate), check the fates of the outputs against replay's (``result["agreement"]``)."""
     await asyncio.to_thread(setup.admin.create_topics, outputs, setup.partitions, topic_configs)
     await asyncio.to_thread(settle, setup.bootstrap, outputs, setup.partitions)
+    await asyncio.to_thread(quiesce)
     reader = OutputReader(setup.bootstrap, outputs, setup.partitions, labels)
     await reader.start()
     running: list[procs.Proc] = []

@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 
 from bench import contenders, procs
-from bench.kafka_io import OutputReader, partition_of_each, prefill, settle
+from bench.kafka_io import OutputReader, partition_of_each, prefill, quiesce, settle
 
 TS_FIELD = b',"ts":'
 WARMUP = 500  # messages through the contender before the clock starts
@@ -217,6 +217,7 @@ async def measure(
         {"message.timestamp.type": "LogAppendTime"},
     )
     await asyncio.to_thread(settle, setup.bootstrap, outputs, setup.partitions)
+    await asyncio.to_thread(quiesce)
     reader = OutputReader(setup.bootstrap, outputs, setup.partitions)
     await reader.start()
     probe = LatencyProbe()

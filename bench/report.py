@@ -414,6 +414,7 @@ def _md_curve(results: Result) -> list[str]:
         return []
     headers = ["input msgs/s", "fed to", "achieved msgs/s", "outputs timed", "p50 ms", "p99 ms"]
     headers += ["max ms", "its cores", "machine busy (cores)", "pacer's longest stall ms"]
+    headers += ["lead-in: max ms", "lead-in: pacer's stall ms"]
     rows = []
     for rate, row in curve.items():
         for of, lat in row.items():
@@ -428,6 +429,8 @@ def _md_curve(results: Result) -> list[str]:
                     _num(lat["achieved_rate"]),
                     *_timed(lat),
                     _num(lat.get("pacer_max_gap_ms"), ".0f"),
+                    _num(lat.get("lead_in_max_ms"), ".0f"),
+                    _num(lat.get("lead_in_pacer_max_gap_ms"), ".0f"),
                 ]
             )
     t = curve_targets(results)
@@ -435,10 +438,12 @@ def _md_curve(results: Result) -> list[str]:
         "### Rate–latency curve",
         "",
         "Each contender fed live at each rate on a topic of its own (the latency run of "
-        "*how measured*, 10 s each): prediction `ts` → its output's LogAppendTime. The "
-        "pacer stamps each message when it builds its batch; its longest stall between two "
-        "rounds (2 ms apart when it keeps up) delays what it stamped just before: a stall "
-        "of 200–300 ms shows as the max of that run, for any contender.",
+        "*how measured*, 10 s each after a lead-in of 1 s): prediction `ts` → its output's "
+        "LogAppendTime. The pacer stamps each message when it builds its batch; its longest "
+        "stall between two rounds (2 ms apart when it keeps up) delays what it stamped just "
+        "before. Traffic starting stalled it 170–340 ms in about half the runs, for every "
+        "contender: the lead-in (`bench.latency.LEAD_IN_S`) is paced the same way and "
+        "reported apart, not in the percentiles.",
         "",
         *_md_table(headers, rows),
         f"At {CURVE_TARGET_RATE:,} msgs/s: router p99 / pass-through p99 = "
@@ -695,6 +700,10 @@ HOW_MEASURED = """## How measured
   workload with `hitl_router.simulate.Simulator` and prefills one topic. Each contender
   then reads that same topic from the earliest offset with its own fresh consumer group and
   writes to its own fresh output topics; contenders run one after the other, never together.
+  Those output topics are settled before the contender starts (`bench.kafka_io.settle`:
+  three records per partition, which the output reader skips): a fresh partition's first
+  index entries fault in new mmapped pages, and here that held the broker's produce path
+  for up to 1.5 s at the start of a run, most for contenders writing many topics.
   Before the first measured contender, one unmeasured pass-through over the topic warms the
   broker: on a fresh JVM its JIT compiler threads took ~3 s of CPU during the first
   contender (under 1 s on later ones), which charged that work to whichever ran first.
@@ -766,9 +775,11 @@ HOW_MEASURED = """## How measured
   on the machine that competed with the measurement. (With `--bootstrap` the broker's CPU
   is unknown and counts as other load.)
 - **Latency**: a fresh router worker on a fresh, empty topic; once its group is assigned and
-  a warm-up of 500 messages went through, `bench/latency.py` sends pre-generated
-  predictions at half the router's measured rate for `--latency-seconds` (20 s), rewriting
-  each message's `ts` to the time of its send. The output topics are created with
+  a warm-up of 500 messages went through, `bench/latency.py` (its producer connected first)
+  sends pre-generated predictions at half the router's measured rate for a lead-in of 1 s
+  and then `--latency-seconds` (20 s), rewriting each message's `ts` to the time of its
+  send; only predictions stamped after the lead-in are timed. The output topics are
+  created and settled (three records per partition) before the contender starts, with
   `message.timestamp.type=LogAppendTime`, so the broker stamps each output when it appends
   it — when it becomes readable: latency = that stamp − `prediction.ts` (for dead letters,
   the `ts` inside `raw` when it has one) → p50, p99, max, and the target is judged on it.
