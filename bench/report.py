@@ -456,45 +456,42 @@ def _md_curve(results: Result) -> list[str]:
 
 #: what the anchors runs showed (written by hand, dated)
 ANCHOR_NOTES = [
-    "Measured on 2026-12-01 (the run above, commit `af47fca`, and the runs of the same day "
+    "Measured on 2026-12-01 (the run above, commit `a58d852`, and the runs of the same day "
     "named below); every id of the 200,000 got replay's fate from the router, the "
     "confluent-kafka loop and the Quix app (187 dead letters, 96 of them without an id, the "
     "same in all three):",
     "",
-    "- *Fresh output topics are settled first* (`bench.kafka_io.settle`, ANALYSIS.md "
-    '"Latency tails"): a new partition\'s first index entries stalled the broker for up to '
-    "1.5 s in every contender writing 6 fresh topics. Since then the anchors that write "
-    "them are faster too: the loop 17,163 and 21,095 msgs/s (61 and 53 µs of CPU; "
-    "16,300–18,900 in the morning's runs), the Quix app 10,991 and 9,675 (98 and 111 µs; "
-    "8,500–8,800). The issue's: ~22,100 at 46 and ~9,100 at 116.",
+    '- *Three fixes of the benchmark, for every contender* (ANALYSIS.md "Latency '
+    "tails\"): output topics are settled before a contender starts (a fresh partition's "
+    "first index entries stalled the broker's produce path for up to 1.5 s); the page "
+    "cache is written back before each contender (`os.sync`: the writeback of earlier "
+    "runs had taken 0.25 cores in the middle of later ones); latency runs pace 1 s before "
+    "the clock (the pacer stalled 135–290 ms at the start of traffic in most runs, see its "
+    "columns in the curve).",
     "- *The router reads and writes with librdkafka* (`worker.consumer` and "
-    '`worker.producer`, README "The agents"): 26,767 msgs/s at 36 µs in round 1, 20,194 at '
-    "47 µs in round 2 (with 0.25 cores of other load on the machine); on aiokafka 23,449 "
-    "and 23,903 at 39–40 µs. In throughput the two clients are within this machine's "
-    "noise of each other; in latency librdkafka's tails are 2–4× shorter (the curve).",
-    "- *Against the loop and Quix the ratio is the router's noise.* Per round: router / "
-    "loop 1.56 and 0.96, router / Quix 2.44 and 2.09 (the morning's runs: 1.08–1.54 and "
-    "2.06–3.28). The router's CPU per message moved 36 → 47 µs between rounds, the loop's "
-    "61 → 53: in a quiet round the loop target is met, in a noisy one it is not.",
-    "- *0.3 × the pass-through is out of reach for this work per message.* The "
-    "pass-through costs 4–6 µs per message; the router's own Python per message, offline "
-    "(`bench/drift_cost.py`, `decide` incl. parsing: 12.5–15 µs) and its outputs (orjson "
-    "documents for every id: ~7 µs), is already ~20 µs before any Kafka client. Parsing "
-    "is most of it and is already msgspec's typed decode in C (2.3–4 µs a message alone, "
-    "measured); pysimdjson 7.0.2 reading the probabilities straight into buffers took "
-    "2.6–2.8 µs, no faster. 0.3 × 129,000–185,000 msgs/s would be 18–26 µs per message "
-    "for everything.",
-    "- *Latency at 2,000 msgs/s.* Met in the curve's other rates (p99 1.29× and 1.26× the "
-    "pass-through's at 1,000 and 4,000) and in 10 of the 16 other runs at ~2,000 after the "
-    "settle fix (router p99 34–45 ms against the pass-through's 26–31; p50 21–26 against "
-    "15–17 in all), not in this run's (86 against 26) nor in 6 later ones (44–72 against "
-    "26–27). In those every output over 80 ms came from the first 0.1 s of the paced "
-    "window. It is the load generator's: the pacer (since then timing itself) stalled "
-    "166–258 ms once in its first 0.06 s in 5 of 10 runs, the pass-through's too (its max "
-    "then 182 and 306 ms), and every max over 150 ms came with such a stall. Messages it "
-    "stamped just before wait that long; the router's p99 takes it more (~120 of 20,000 "
-    "outputs) than the pass-through's. The machine has 2 cores for the broker, the "
-    "contender and the pacer; traffic starting is when they all wake.",
+    '`worker.producer`, README "The agents"): 33,568 and 27,200 msgs/s at 30 and 39 µs of '
+    "CPU per message; on aiokafka 26,130 and 25,833 at 36 µs. The anchors: the loop "
+    "23,079 and 18,984 at 48 and 58 µs, the Quix app 12,580 and 10,770 at 85 and 100, the "
+    "pass-through 125,628 and 125,865 at 4–5 (the issue's: ~22,100 at 46, ~9,100 at 116, "
+    "126,000–174,000 at 5).",
+    "- *Against the loop and Quix.* Per round here: router / loop 1.45 and 1.43 (target "
+    "1.5), router / Quix 2.67 and 2.53 (2.5). The day's earlier runs, before the page "
+    "cache was written back between contenders: / loop 1.56 and 0.96, 1.06 and 1.82; "
+    "/ Quix 2.44 and 2.09, 1.82 and 2.77. By CPU per message the router does the same work "
+    "for 0.6–0.7 of the loop's.",
+    "- *0.3 × the pass-through is out of reach for this work per message* (0.27 and 0.22 "
+    "here). The pass-through costs 4–5 µs per message; the router's own Python per message, "
+    "offline (`bench/drift_cost.py`, `decide` incl. parsing: 12.5–15 µs) and its outputs "
+    "(orjson documents for every id: ~7 µs), is already ~20 µs before any Kafka client. "
+    "Parsing is most of it and is already msgspec's typed decode in C (2.3–4 µs a message "
+    "alone, measured); pysimdjson 7.0.2 reading the probabilities straight into buffers "
+    "took 2.6–2.8 µs, no faster. 0.3 × 126,000 msgs/s would be 26 µs per message for "
+    "everything.",
+    "- *Latency at 2,000 msgs/s*: router p99 34.4 ms against the pass-through's 25.0 "
+    "(1.37×), p50 20.7 against 14.7. Before the lead-in, 10 of 16 runs at ~2,000 met the "
+    "p99 target; each miss came from outputs of the first 0.1 s, which the pacer's stall at "
+    "the start of traffic had held (now in the lead-in columns: up to 400 ms, for every "
+    "contender).",
     "- *The anchors read what is fetched.* `consume(n, t)` waits until it has n messages "
     "or t is up: the pass-through's p50 was 517 ms at 1,000 msgs/s and 277 ms at 2,000. "
     "They (and the router's reader) now take what librdkafka has fetched at once and wait "
@@ -502,7 +499,7 @@ ANCHOR_NOTES = [
     "- *Small produce requests.* librdkafka sends one produce request per partition: over "
     "the loop's 36 output partitions (6 topics × 6) at `linger.ms` 5 (the worker's) its "
     "requests hold a few messages each; the broker spends more CPU per message on the "
-    "loop (35 µs here) than on the router (12), which produces a batch at a time.",
+    "loop than on the router, which produces a batch at a time.",
     "- *numpy per message* (the checks and the seven scores of 10 classes and 5 members) "
     "took 100–150 µs of CPU on this machine, plain Python ~35: `bench/anchor_rules.py` "
     "uses plain Python. *The Quix app* runs the same `decide`; on top, Quix's per-message "
