@@ -92,3 +92,36 @@ def test_worker_settings_reach_the_consumer() -> None:
     aiokafka_consumer = asyncio.run(create())
     assert aiokafka_consumer._fetch_max_wait_ms == 20
     assert aiokafka_consumer._fetch_min_bytes == 999
+
+
+def reader_state(assigned: set[TP], flow_active: bool = True) -> SimpleNamespace:
+    """What ``_may_hand_over`` reads of Faust's ``Consumer``; paused and resumed below by
+    Faust's own ``pause_partitions`` / ``resume_partitions``."""
+    state = SimpleNamespace(
+        flow_active=flow_active,
+        _active_partitions=set(assigned),
+        _paused_partitions=set(),
+        assignment=lambda: assigned,
+    )
+    state._get_active_partitions = lambda: state._active_partitions
+    return state
+
+
+def test_librdkafka_reads_wait_while_faust_pauses_a_partition_they_hold() -> None:
+    """A table's recovery and a rebalance pause stream partitions in Faust: records the
+    reader read of such a partition are not handed over until Faust resumes it (or a
+    new assignment drops them); those of a partition no longer held are dropped at the
+    hand-over, so they do not hold the others back."""
+    from faust.transport.consumer import Consumer
+
+    a, b, gone = TP("predictions", 0), TP("predictions", 1), TP("predictions", 2)
+    state = reader_state({a, b})
+    may = BatchingConsumer._may_hand_over
+    assert may(state, [a, b])  # type: ignore[arg-type]
+    Consumer.pause_partitions(state, [b])  # type: ignore[arg-type]
+    assert not may(state, [a, b]) and may(state, [a])  # type: ignore[arg-type]
+    assert may(state, [a, gone])  # type: ignore[arg-type]  # not held: dropped later
+    Consumer.resume_partitions(state, [b])  # type: ignore[arg-type]
+    assert may(state, [a, b])  # type: ignore[arg-type]
+    state.flow_active = False  # a rebalance stops the flow first
+    assert not may(state, [a])  # type: ignore[arg-type]
