@@ -235,6 +235,17 @@ async def measure(setup: Setup, running: list[procs.Proc], reader: OutputReader)
     }
 
 
+async def fresh_outputs(
+    setup: Setup, outputs: list[str], topic_configs: dict[str, str] | None = None
+) -> None:
+    """Create a contender's output topics (with ``topic_configs``), settle them
+    (:func:`~bench.kafka_io.settle`) and write back the page cache
+    (:func:`~bench.kafka_io.quiesce`): what every contender gets before it starts."""
+    await asyncio.to_thread(setup.admin.create_topics, outputs, setup.partitions, topic_configs)
+    await asyncio.to_thread(settle, setup.bootstrap, outputs, setup.partitions)
+    await asyncio.to_thread(quiesce)
+
+
 async def run_processes(
     setup: Setup,
     outputs: list[str],
@@ -246,9 +257,7 @@ async def run_processes(
     """Create ``outputs`` (with ``topic_configs``), start the processes ``start()``
     returns, ``feed`` them if given, measure, stop them; with ``labels`` (output topic →
     fate), check the fates of the outputs against replay's (``result["agreement"]``)."""
-    await asyncio.to_thread(setup.admin.create_topics, outputs, setup.partitions, topic_configs)
-    await asyncio.to_thread(settle, setup.bootstrap, outputs, setup.partitions)
-    await asyncio.to_thread(quiesce)
+    await fresh_outputs(setup, outputs, topic_configs)
     reader = OutputReader(setup.bootstrap, outputs, setup.partitions, labels)
     await reader.start()
     running: list[procs.Proc] = []

@@ -163,8 +163,8 @@ class OutputStats:
 SETTLE_RECORD = b"hitl-bench-settle:" + b"." * 5000
 
 
-def settle(bootstrap: str, topics: Sequence[str], partitions: int) -> float:
-    """Make freshly created output topics behave like long-lived ones; returns seconds.
+def settle(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+    """Make freshly created output topics behave like long-lived ones.
 
     The first index entries of a new partition are written to freshly mapped pages of
     its ``.index`` and ``.timeindex`` files, and the page faults stall the broker's
@@ -175,7 +175,6 @@ def settle(bootstrap: str, topics: Sequence[str], partitions: int) -> float:
     :class:`OutputReader` starts after them and never counts them."""
     from confluent_kafka import Producer
 
-    t0 = time.perf_counter()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": "all"})
     for _ in range(3):
         for topic in topics:
@@ -183,19 +182,16 @@ def settle(bootstrap: str, topics: Sequence[str], partitions: int) -> float:
                 producer.produce(topic, SETTLE_RECORD, partition=partition)
         if producer.flush(60.0):
             raise RuntimeError(f"settling {list(topics)}: records not delivered in 60 s")
-    return time.perf_counter() - t0
 
 
-def quiesce() -> float:
+def quiesce() -> None:
     """Write back what earlier contenders left dirty in the page cache (``os.sync``) before
-    the next one starts; returns seconds. Each run writes a few hundred MB through the
+    the next one starts. Each run writes a few hundred MB through the
     broker, and the kernel writes them back ~30 s later: measured as 0.25 cores of *other
     load* in the middle of a later contender's run, its CPU per message up by a third."""
     import os
 
-    t0 = time.perf_counter()
     os.sync()
-    return time.perf_counter() - t0
 
 
 class OutputReader:

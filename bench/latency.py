@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 
 from bench import contenders, procs
-from bench.kafka_io import OutputReader, partition_of_each, prefill, quiesce, settle
+from bench.kafka_io import OutputReader, partition_of_each, prefill
 
 TS_FIELD = b',"ts":'
 WARMUP = 500  # messages through the contender before the clock starts
@@ -120,46 +120,44 @@ async def pace(
     lead_in: float = 0.0,
 ) -> dict[str, Any]:
     """Send ``messages`` at ``rate`` with ``producer`` (started, with the topic's
-    metadata: see :func:`_serve`): every 2 ms, the messages due are stamped (``ts`` = now)
-    and sent as one record batch per partition (the key's murmur2 partition, as any
-    producer), like a producer with a 2 ms linger. One ``send`` per message cost the
-    machine ~0.25 cores at 6k msgs/s, taken from the contender it measures."""
+    metadata; stopped by the caller, :func:`_serve`): every 2 ms, the messages due are
+    stamped (``ts`` = now) and sent as one record batch per partition (the key's murmur2
+    partition, as any producer), like a producer with a 2 ms linger. One ``send`` per
+    message cost the machine ~0.25 cores at 6k msgs/s, taken from the contender it
+    measures."""
     parts = [split_ts(m) for m in messages]
     partition = partition_of_each(keys, partitions)
     futures = []
     sent = 0
-    try:
-        t0 = time.time()
-        last, gap, gap_at, lead_gap = t0, 0.0, 0.0, 0.0
-        while sent < len(messages):
-            due = min(len(messages), int((time.time() - t0) * rate) + 1)
-            batches: dict[int, Any] = {}
-            now = time.time()
-            # the pacer's own stalls: what it stamped just before waits for them
-            if last - t0 < lead_in:
-                lead_gap = max(lead_gap, now - last)
-            elif now - last > gap:
-                gap, gap_at = now - last, last - t0
-            last = now
-            for i in range(sent, due):
-                msg, part = messages[i], parts[i]
-                if part is not None:
-                    msg = b"%b%r%b" % (part[0], now, part[1])
-                batch = batches.get(partition[i])
-                if batch is None:
-                    batch = batches[partition[i]] = producer.create_batch()
-                if batch.append(key=keys[i], value=msg, timestamp=None) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=partition[i]))
-                    batch = batches[partition[i]] = producer.create_batch()
-                    batch.append(key=keys[i], value=msg, timestamp=None)
-            for p, batch in batches.items():
-                futures.append(await producer.send_batch(batch, topic, partition=p))
-            sent = due
-            await asyncio.sleep(0.002)
-        t_end = time.time()
-        results = await asyncio.gather(*futures, return_exceptions=True)
-    finally:
-        await producer.stop()
+    t0 = time.time()
+    last, gap, gap_at, lead_gap = t0, 0.0, 0.0, 0.0
+    while sent < len(messages):
+        due = min(len(messages), int((time.time() - t0) * rate) + 1)
+        batches: dict[int, Any] = {}
+        now = time.time()
+        # the pacer's own stalls: what it stamped just before waits for them
+        if last - t0 < lead_in:
+            lead_gap = max(lead_gap, now - last)
+        elif now - last > gap:
+            gap, gap_at = now - last, last - t0
+        last = now
+        for i in range(sent, due):
+            msg, part = messages[i], parts[i]
+            if part is not None:
+                msg = b"%b%r%b" % (part[0], now, part[1])
+            batch = batches.get(partition[i])
+            if batch is None:
+                batch = batches[partition[i]] = producer.create_batch()
+            if batch.append(key=keys[i], value=msg, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition[i]))
+                batch = batches[partition[i]] = producer.create_batch()
+                batch.append(key=keys[i], value=msg, timestamp=None)
+        for p, batch in batches.items():
+            futures.append(await producer.send_batch(batch, topic, partition=p))
+        sent = due
+        await asyncio.sleep(0.002)
+    t_end = time.time()
+    results = await asyncio.gather(*futures, return_exceptions=True)
     failed = sum(1 for r in results if isinstance(r, BaseException))
     return {
         "sent": sent,
@@ -210,14 +208,7 @@ async def measure(
             return [spawn(setup, path, name, outputs[0], group)]
 
     await asyncio.to_thread(setup.admin.create_topics, [input_topic], setup.partitions)
-    await asyncio.to_thread(
-        setup.admin.create_topics,
-        outputs,
-        setup.partitions,
-        {"message.timestamp.type": "LogAppendTime"},
-    )
-    await asyncio.to_thread(settle, setup.bootstrap, outputs, setup.partitions)
-    await asyncio.to_thread(quiesce)
+    await contenders.fresh_outputs(setup, outputs, {"message.timestamp.type": "LogAppendTime"})
     reader = OutputReader(setup.bootstrap, outputs, setup.partitions)
     await reader.start()
     probe = LatencyProbe()
@@ -363,16 +354,13 @@ async def _serve(
     try:
         await producer.partitions_for(args.topic)
         print("ready", flush=True)
-        line = await asyncio.to_thread(sys.stdin.readline)
-    except BaseException:
+        if (await asyncio.to_thread(sys.stdin.readline)).strip() != "go":
+            return None
+        return await pace(
+            producer, args.topic, messages, keys, args.rate, args.partitions, args.lead_in
+        )
+    finally:
         await producer.stop()
-        raise
-    if line.strip() != "go":
-        await producer.stop()
-        return None
-    return await pace(
-        producer, args.topic, messages, keys, args.rate, args.partitions, args.lead_in
-    )
 
 
 if __name__ == "__main__":
