@@ -227,7 +227,7 @@ def build_app(
         """Hand outputs to the producer in the background (the agent goes on with the
         next batch meanwhile); the returned awaitable resolves once all are delivered."""
         if not publisher:
-            publisher.append(_publisher(app, config))
+            publisher.append(output_publisher(app, config))
         if not outputs:
             return []
         task = asyncio.ensure_future(publisher[0].deliver(outputs))
@@ -317,10 +317,10 @@ def build_app(
     return app
 
 
-def _publisher(app: faust.App, config: Config) -> BatchPublisher | RdkafkaPublisher:
-    """The outputs' publisher, made at the first publish (the app runs by then):
-    librdkafka's (``worker.producer``, the default), closed with the app, or one on
-    Faust's own aiokafka producer."""
+def output_publisher(app: faust.App, config: Config) -> BatchPublisher | RdkafkaPublisher:
+    """The outputs' publisher of a worker or a bridge, made at its first publish (the
+    app runs by then): librdkafka's (``worker.producer``, the default), closed with the
+    app, or one on Faust's own aiokafka producer."""
     timeout = config.worker.delivery_timeout_s
     if config.worker.producer == "aiokafka":
         return BatchPublisher(app.producer._ensure_producer(), timeout)

@@ -2,7 +2,8 @@
 tasks; annotations come back as labels.
 
 A Faust app of its own (consumer group ``label_studio.group_id``), fed a fetch at a time
-by the batching consumer like the router (:mod:`.batching`):
+by the batching consumer like the router (:mod:`.batching`), and like the router it reads
+and writes with librdkafka unless ``worker.consumer``/``worker.producer`` say aiokafka:
 
 - **Tasks.** Each batch of the bridged review topics and ``eval.samples`` becomes tasks
   through :class:`~hitl_router.labelstudio.projects.ProjectBook`, which never makes a
@@ -35,11 +36,13 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from prometheus_client import CollectorRegistry
 
 from hitl_router.agents import health
-from hitl_router.agents.app import RouterApp, broker_urls
+from hitl_router.agents.app import RouterApp, broker_urls, output_publisher
 from hitl_router.agents.batching import Batch
 from hitl_router.agents.connection import faust_kwargs
 from hitl_router.agents.handling import batch_agent
 from hitl_router.agents.publishing import BatchPublisher
+from hitl_router.agents.rdkafka_publishing import RdkafkaPublisher
+from hitl_router.agents.rdkafka_reading import consumer_config
 from hitl_router.bridge_metrics import BridgeMetrics
 from hitl_router.errors import ConfigError, LabelStudioError, RouterError
 from hitl_router.labelstudio.client import Client
@@ -143,6 +146,8 @@ def build_bridge(
 
     app.batch_topics = {topic: (1, send) for topic in kinds}
     app.worker_settings = config.worker
+    if config.worker.consumer == "librdkafka":  # as the workers read: worker.consumer
+        app.reader_conf = consumer_config(config, ls.group_id, app.conf.consumer_max_fetch_size)
 
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         book.invalidate()  # another bridge may have made tasks of these partitions
@@ -170,7 +175,7 @@ class _Bridge:
         self.kinds = bridged_topics(config)
         self.queues = bridged_queues(config)
         self._lock: asyncio.Lock | None = None
-        self._publisher: BatchPublisher | None = None
+        self._publisher: BatchPublisher | RdkafkaPublisher | None = None
         #: the poll positions, per project; None until this worker leads and read them
         self.cursors: dict[str, PollCursor] | None = None
 
@@ -238,10 +243,9 @@ class _Bridge:
             await asyncio.sleep(delay)
             delay = min(2 * delay, self.ls.retry_max_s)
 
-    def publisher(self) -> BatchPublisher:
+    def publisher(self) -> BatchPublisher | RdkafkaPublisher:
         if self._publisher is None:  # the producer exists once the app has started
-            producer = self.app.producer._ensure_producer()
-            self._publisher = BatchPublisher(producer, self.config.worker.delivery_timeout_s)
+            self._publisher = output_publisher(self.app, self.config)
         return self._publisher
 
     # -- labels --------------------------------------------------------------------
