@@ -229,6 +229,10 @@ async def measure(setup: Setup, running: list[procs.Proc], reader: OutputReader)
         "startup_s": t_first - t_spawn,
         "wall_s": u1.at - t_spawn,
         "cpu_us_per_msg": (u1.procs - u0.procs) / msgs * 1e6,
+        # the event loop's thread, a worker's limit (librdkafka's threads run beside it),
+        # and how long it waited for a CPU while it could run (the machine was full)
+        "main_cpu_us_per_msg": (u1.main - u0.main) / msgs * 1e6,
+        "main_cpu_wait_us_per_msg": (u1.main_waited - u0.main_waited) / msgs * 1e6,
         "broker_cpu_us_per_msg": (u1.broker - u0.broker) / msgs * 1e6 if setup.broker_pid else None,
         "cpu_window_msgs": msgs,
         **u1.since(u0),

@@ -108,16 +108,28 @@ def stop_all(procs: list[Proc] | None = None, grace: float = 20.0) -> float:
     return time.monotonic() - t0
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a live process (0.0 if it is gone)."""
+def cpu_seconds(pid: int | None, main_thread: bool = False) -> float:
+    """User + system CPU seconds of a live process (0.0 if it is gone); with
+    ``main_thread``, of its main thread only (the one Python's event loop runs on)."""
     if pid is None:
         return 0.0
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+        stat = Path(path).read_text()
     except OSError:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def run_delay_seconds(pid: int | None) -> float:
+    """Seconds the main thread of ``pid`` waited, runnable, for a CPU (schedstat)."""
+    if pid is None:
+        return 0.0
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,10 @@ class Usage:
 
     at: float
     procs: float
+    #: of the processes' main threads
+    main: float
+    #: the main threads' waits for a CPU while runnable
+    main_waited: float
     broker: float
     this: float
     busy: float
@@ -140,6 +156,8 @@ class Usage:
         return cls(
             at=time.time(),
             procs=sum(cpu_seconds(pid) for pid in pids),
+            main=sum(cpu_seconds(pid, main_thread=True) for pid in pids),
+            main_waited=sum(run_delay_seconds(pid) for pid in pids),
             broker=cpu_seconds(broker_pid),
             this=t.user + t.system,
             busy=(sum(fields) - idle) / _CLK_TCK,

@@ -155,6 +155,12 @@ def one_line(res: Result) -> str:
         return (
             f"{res['rate']:,.0f} msgs/s over {res['span_s']:.1f} s, {res['outputs']} outputs "
             f"({res['duplicates']} duplicates), {res['cpu_us_per_msg']:.0f} µs CPU/msg"
+            + (
+                f" ({res['main_cpu_us_per_msg']:.0f} on the main thread, which waited "
+                f"{res.get('main_cpu_wait_us_per_msg', 0):.0f} for a CPU)"
+                if res.get("main_cpu_us_per_msg") is not None
+                else ""
+            )
             + (f"; fates: {summary(res['agreement'])}" if res.get("agreement") else "")
         )
     return (

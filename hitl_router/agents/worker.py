@@ -19,7 +19,7 @@ from typing import Any
 
 import faust
 
-from hitl_router.agents import access, json_logs, preflight, quiet_logs
+from hitl_router.agents import access, allocator, json_logs, preflight, quiet_logs
 from hitl_router.agents.app import AGENTS, build_app, default_agents, group_id
 from hitl_router.agents.label_join import changelog_topics
 from hitl_router.agents.routed_table import ROUTED_TABLE
@@ -165,6 +165,7 @@ def execute(
     # re-walking the long-lived app. Freeze what exists now, collect young objects rarely.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    allocator.keep_freed_memory()  # and keep the memory batches free for the next ones
     threading.excepthook = _thread_excepthook
     worker = _QuietWorker(app, loglevel=loglevel)
     worker.shutdown_timeout_s = worker_config.shutdown_timeout_s
