@@ -55,6 +55,7 @@ HEADERS = [
     "outputs",
     "span s",
     "CPU µs/msg",
+    "main thread µs/msg (waiting for a CPU)",
     "its cores",
     "broker CPU µs/msg",
     "other load (cores)",
@@ -177,6 +178,13 @@ def headers(results: Result) -> list[str]:
     return [*HEADERS, FATES_HEADER] if checked else HEADERS
 
 
+def _main_thread(r: Result) -> str:
+    """The main thread's CPU per message, and its wait for a CPU, when measured."""
+    if r.get("main_cpu_us_per_msg") is None:
+        return "—"
+    return f"{r['main_cpu_us_per_msg']:.0f} ({r.get('main_cpu_wait_us_per_msg', 0):.0f})"
+
+
 def throughput_rows(results: Result) -> list[list[str]]:
     rows = []
     width = len(headers(results))
@@ -194,6 +202,7 @@ def throughput_rows(results: Result) -> list[list[str]]:
                 f"{r['outputs']:,} ({r['duplicates']} dup)",
                 _num(r["span_s"], ".1f"),
                 _num(r["cpu_us_per_msg"]),
+                _main_thread(r),
                 _num(r.get("procs_cores"), ".2f"),
                 _num(r.get("broker_cpu_us_per_msg")),
                 _num(r.get("others_cores"), ".2f"),
@@ -772,7 +781,10 @@ HOW_MEASURED = """## How measured
   that saw the N-th, divided by the outputs written in between. It is less sensitive to
   the machine's noise than msgs/s. *Its cores* is the same CPU time per second of that
   window: well under 1.0 per process means the contender spent time waiting, not
-  computing.
+  computing. *Main thread* is the CPU per message of the processes' main threads alone
+  (`/proc/<pid>/task/<pid>/stat`: a Python process's limit, its librdkafka threads run
+  beside it) and, in brackets, how long that thread waited, runnable, for a CPU
+  (`/proc/<pid>/task/<pid>/schedstat`): the two cores were busy with others.
 - **Other load** is the machine's busy CPU over the same window (from `/proc/stat`, in
   cores) minus what the contender, the broker and the benchmark's driver used: other work
   on the machine that competed with the measurement. (With `--bootstrap` the broker's CPU
