@@ -471,8 +471,8 @@ def _md_curve(results: Result) -> list[str]:
 
 #: what the anchors runs showed (written by hand, dated)
 ANCHOR_NOTES = [
-    "Measured on 2026-12-01 (the run above, commit `a58d852`, and the runs of the same day "
-    "named below); every id of the 200,000 got replay's fate from the router, the "
+    "Measured on 2026-12-01 (the run above, commit `63f8293`, 14:00, and the runs of the "
+    "same day named below); every id of the 200,000 got replay's fate from the router, the "
     "confluent-kafka loop and the Quix app (187 dead letters, 96 of them without an id, the "
     "same in all three):",
     "",
@@ -484,29 +484,34 @@ ANCHOR_NOTES = [
     "the clock (the pacer stalled 135–290 ms at the start of traffic in most runs, see its "
     "columns in the curve).",
     "- *The router reads and writes with librdkafka* (`worker.consumer` and "
-    '`worker.producer`, README "The agents"): 33,568 and 27,200 msgs/s at 30 and 39 µs of '
-    "CPU per message; on aiokafka 26,130 and 25,833 at 36 µs. The anchors: the loop "
-    "23,079 and 18,984 at 48 and 58 µs, the Quix app 12,580 and 10,770 at 85 and 100, the "
-    "pass-through 125,628 and 125,865 at 4–5 (the issue's: ~22,100 at 46, ~9,100 at 116, "
-    "126,000–174,000 at 5).",
-    "- *Against the loop and Quix.* Per round here: router / loop 1.45 and 1.43 (target "
-    "1.5), router / Quix 2.67 and 2.53 (2.5). The day's earlier runs, before the page "
-    "cache was written back between contenders: / loop 1.56 and 0.96, 1.06 and 1.82; "
-    "/ Quix 2.44 and 2.09, 1.82 and 2.77. By CPU per message the router does the same work "
-    "for 0.6–0.7 of the loop's.",
-    "- *0.3 × the pass-through is out of reach for this work per message* (0.27 and 0.22 "
-    "here). The pass-through costs 4–5 µs per message; the router's own Python per message, "
-    "offline (`bench/drift_cost.py`, `decide` incl. parsing: 12.5–15 µs) and its outputs "
-    "(orjson documents for every id: ~7 µs), is already ~20 µs before any Kafka client. "
-    "Parsing is most of it and is already msgspec's typed decode in C (2.3–4 µs a message "
-    "alone, measured); pysimdjson 7.0.2 reading the probabilities straight into buffers "
-    "took 2.6–2.8 µs, no faster. 0.3 × 126,000 msgs/s would be 26 µs per message for "
-    "everything.",
-    "- *Latency at 2,000 msgs/s*: router p99 34.4 ms against the pass-through's 25.0 "
-    "(1.37×), p50 20.7 against 14.7. Before the lead-in, 10 of 16 runs at ~2,000 met the "
-    "p99 target; each miss came from outputs of the first 0.1 s, which the pacer's stall at "
-    "the start of traffic had held (now in the lead-in columns: up to 400 ms, for every "
-    "contender).",
+    '`worker.producer`, README "The agents"): 23,023 and 22,691 msgs/s at 43 and 45 µs of '
+    "CPU per message (35 and 36 on its main thread); on aiokafka 20,371 and 21,968 at 45 "
+    "and 42. The anchors: the loop 21,758 and 21,019 at 50 and 53 µs (42 and 43 on its "
+    "main thread), the Quix app 11,545 and 10,659 at 92 and 101, the pass-through 125,549 "
+    "and 124,766 at 4–5 (the issue's: ~22,100 at 46, ~9,100 at 116, 126,000–174,000 at 5).",
+    "- *Against the loop and Quix.* Per round here: router / loop 1.06 and 1.08 (target "
+    "1.5), router / Quix 1.99 and 2.13 (2.5). The previous full run (12:08, commit "
+    "`a58d852`): 1.45 and 1.43, 2.67 and 2.53, with the router at 30 and 39 µs per message "
+    "and the loop at 48 and 58. Between the two runs the same code's CPU per message moved "
+    "by up to 15% either way: the kafka-python peer, unchanged, 478 → 558 µs; the router "
+    "39 → 45; the loop 58 → 53. In alternating pairs the same afternoon the router moved "
+    "23.4–32.3k msgs/s and the loop 12.6–15.1k (its main thread waiting 14–18 µs/msg for "
+    "a CPU, 3–4 here). By CPU per message the router does the loop's work for 0.65–0.85 "
+    "of its cost: not the margin a 1.5× target needs on this machine.",
+    "- *0.3 × the pass-through is out of reach for this work per message* (0.18 and 0.18 "
+    "here, 0.27 and 0.22 at 12:08). The pass-through costs 4–5 µs per message; the "
+    "router's own Python per message, offline on one batch of 1,000 (parse 6.4–7.3 µs, "
+    "decide 1.8, outputs 3.2–4.6 with the worker's malloc settings; ANALYSIS.md "
+    '"Memory"), is ~12 µs before any Kafka client, and 26.5 µs in the worker (stage '
+    "timings: the same steps on fresh data, with librdkafka's threads and the broker on the "
+    "same two cores). Parsing is the largest part and is already msgspec's typed decode in "
+    "C; pysimdjson 7.0.2 reading the probabilities straight into buffers was no faster. "
+    "0.3 × 125,000 msgs/s would be 27 µs per message for everything.",
+    "- *Latency at 2,000 msgs/s*: router p99 34.4 ms against the pass-through's 25.5 "
+    "(1.35×), p50 21.4 against 15.2 (at 12:08: 34.4 against 25.0, 20.7 against 14.7). "
+    "Before the lead-in, 10 of 16 runs at ~2,000 met the p99 target; each miss came from "
+    "outputs of the first 0.1 s, which the pacer's stall at the start of traffic had held "
+    "(now in the lead-in columns: up to 400 ms, for every contender).",
     "- *The anchors read what is fetched.* `consume(n, t)` waits until it has n messages "
     "or t is up: the pass-through's p50 was 517 ms at 1,000 msgs/s and 277 ms at 2,000. "
     "They (and the router's reader) now take what librdkafka has fetched at once and wait "
