@@ -1,5 +1,7 @@
 # The two commands a fresh machine needs: `make demo` and `make test`.
 PY ?= python3
+# pytest-xdist workers of the non-fault tests (each starts its own broker)
+TEST_WORKERS ?= 2
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -30,7 +32,7 @@ test: $(STAMP) kafka-jars prometheus-bin label-studio-venv
 	$(BIN)/ruff check hitl_router tests
 	$(BIN)/ruff format --check hitl_router tests
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadfile -m "not faults" $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not faults" $(PYTEST_ARGS)
 	$(BIN)/pytest -m faults tests/integration/test_faults.py $(PYTEST_ARGS)
 
 unit: $(STAMP)
