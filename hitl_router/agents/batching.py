@@ -43,6 +43,8 @@ __all__ = ["Batch", "BatchSink", "BatchingConsumer"]
 
 log = logging.getLogger(__name__)
 _WORKER = WorkerConfig()  # the defaults
+#: a read whose partitions Faust keeps paused this long is logged (once; it keeps waiting)
+HELD_WARNING_S = 10.0
 
 
 class _ConsumerThread(AIOKafkaConsumerThread):
@@ -324,9 +326,13 @@ class BatchingConsumer(Consumer):
                 else:
                     got.append(r)
             tps = {self._new_topicpartition(*key): key for key in by_tp}
+            held_since, told = monotonic(), False
             while generation == reader.generation and not self._may_hand_over(tps):
                 if consumer_should_stop() or fetcher_should_stop():
                     return  # not acked: redone from the committed offset
+                if not told and monotonic() - held_since > HELD_WARNING_S:
+                    told = True
+                    self._tell_held(tps, len(records), monotonic() - held_since)
                 if self.flow_active:  # a partition paused, the flow on: look again soon
                     await asyncio.sleep(0.05)
                     continue
@@ -345,6 +351,22 @@ class BatchingConsumer(Consumer):
                 monitor.stream_inbound_time[tp] = now
                 fetched[tp] = by_tp[topic, partition]
             await self._hand_over(fetched, in_flight)
+
+    def _tell_held(self, tps: Iterable[Any], n: int, waited: float) -> None:
+        """A read has waited long for its partitions: say why (it keeps waiting)."""
+        active = self._get_active_partitions()
+        log.warning(
+            "librdkafka: %d records read %.0f s ago wait to be handed over: flow %s; "
+            "their partitions %s",
+            n,
+            waited,
+            "running" if self.flow_active else "stopped",
+            ", ".join(
+                f"{tp.topic}[{tp.partition}] "
+                + ("active" if tp in active else "paused" if tp in self.assignment() else "gone")
+                for tp in sorted(tps)
+            ),
+        )
 
     def _may_hand_over(self, tps: Iterable[Any]) -> bool:
         """The flow runs and Faust has paused none of these partitions that this worker

@@ -81,6 +81,8 @@ class RdkafkaReader:
         #: bumped by every assignment (in the reader's thread)
         self.generation = 0
         self._assigned: frozenset[tuple[str, int]] = frozenset()
+        #: the generation whose first records were logged
+        self._reported = 0
 
     @property
     def assigned(self) -> frozenset[tuple[str, int]]:
@@ -140,6 +142,9 @@ class RdkafkaReader:
             append(
                 Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())
             )
+        if out and self._reported != generation:
+            self._reported = generation
+            log.info("librdkafka read its first %d record(s) since the last assignment", len(out))
         return generation, out
 
     def high_watermark(self, topic: str, partition: int) -> int | None:

@@ -220,7 +220,13 @@ def test_items_become_tasks_once_and_annotations_come_back_as_joined_labels(
             idle=0.5,
         )
         by_id = {orjson.loads(r.value)["id"]: orjson.loads(r.value) for r in items}
-        assert set(by_id) == eval_ids | review_ids
+        if set(by_id) != eval_ids | review_ids:  # what the router did, to tell why
+            decided = total(scrape(router_port), "hitl_predictions_total")
+            tail = (tmp_path / "router.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(
+                f"{len(by_id)} of {len(eval_ids | review_ids)} items; the router decided "
+                f"{decided} of {len(raws)}; its log ends:\n{tail}"
+            )
 
         admin = _client(label_studio.url, label_studio.token)
         until(lambda: len(_tasks(admin, review_title)), len(review_ids), 120, "review tasks")

@@ -125,3 +125,20 @@ def test_librdkafka_reads_wait_while_faust_pauses_a_partition_they_hold() -> Non
     assert may(state, [a, b])  # type: ignore[arg-type]
     state.flow_active = False  # a rebalance stops the flow first
     assert not may(state, [a])  # type: ignore[arg-type]
+
+
+def test_a_read_held_by_a_paused_partition_says_which_one(caplog) -> None:
+    """The wait is logged (once per read) with the flow's state and each partition's:
+    a worker that decides nothing for a while tells why."""
+    from faust.transport.consumer import Consumer
+
+    a, b = TP("predictions", 0), TP("predictions", 1)
+    state = reader_state({a, b})
+    Consumer.pause_partitions(state, [b])  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="hitl_router.agents.batching"):
+        BatchingConsumer._tell_held(state, [b, a], 500, 12.3)  # type: ignore[arg-type]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message == (
+        "librdkafka: 500 records read 12 s ago wait to be handed over: flow running; "
+        "their partitions predictions[0] active, predictions[1] paused"
+    )
