@@ -312,9 +312,16 @@ def build_app(
     if "labels" in agents:
         app.batch_topics.update(_install_labels(app, config, policy, feedback, publish))
     app.worker_settings = config.worker
-    if config.worker.consumer == "librdkafka" and app.batch_topics:
-        app.reader_conf = consumer_config(config, app_id, app.conf.consumer_max_fetch_size)
+    read_with(app, config, app_id)
     return app
+
+
+def read_with(app: faust.App, config: Config, group: str) -> None:
+    """The client that reads ``app``'s batched topics (a worker's or a bridge's):
+    librdkafka's reader, with its settings for ``group``, unless ``worker.consumer``
+    says aiokafka (Faust's own consumer then reads them)."""
+    if config.worker.consumer == "librdkafka" and app.batch_topics:
+        app.reader_conf = consumer_config(config, group, app.conf.consumer_max_fetch_size)
 
 
 def output_publisher(app: faust.App, config: Config) -> BatchPublisher | RdkafkaPublisher:

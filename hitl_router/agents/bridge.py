@@ -36,13 +36,12 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from prometheus_client import CollectorRegistry
 
 from hitl_router.agents import health
-from hitl_router.agents.app import RouterApp, broker_urls, output_publisher
+from hitl_router.agents.app import RouterApp, broker_urls, output_publisher, read_with
 from hitl_router.agents.batching import Batch
 from hitl_router.agents.connection import faust_kwargs
 from hitl_router.agents.handling import batch_agent
 from hitl_router.agents.publishing import BatchPublisher
 from hitl_router.agents.rdkafka_publishing import RdkafkaPublisher
-from hitl_router.agents.rdkafka_reading import consumer_config
 from hitl_router.bridge_metrics import BridgeMetrics
 from hitl_router.errors import ConfigError, LabelStudioError, RouterError
 from hitl_router.labelstudio.client import Client
@@ -146,8 +145,7 @@ def build_bridge(
 
     app.batch_topics = {topic: (1, send) for topic in kinds}
     app.worker_settings = config.worker
-    if config.worker.consumer == "librdkafka":  # as the workers read: worker.consumer
-        app.reader_conf = consumer_config(config, ls.group_id, app.conf.consumer_max_fetch_size)
+    read_with(app, config, ls.group_id)
 
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         book.invalidate()  # another bridge may have made tasks of these partitions
