@@ -145,6 +145,12 @@ class RouterApp(faust.App):
         return consumer
 
 
+def data_dir(app_id: str) -> str:
+    """Where Faust keeps an app's files: the temporary directory, not Faust's default
+    ``<id>-data`` in whatever directory the command was started from."""
+    return str(Path(tempfile.gettempdir()) / f"hitl-router-{app_id}")
+
+
 def build_app(
     config: Config,
     *,
@@ -170,7 +176,7 @@ def build_app(
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
-        datadir=str(Path(tempfile.gettempdir()) / f"hitl-router-{app_id}"),
+        datadir=data_dir(app_id),
         web_port=port,
         web_bind=config.metrics.host if web_host is None else web_host,
         canonical_url=url,

@@ -36,7 +36,13 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from prometheus_client import CollectorRegistry
 
 from hitl_router.agents import health
-from hitl_router.agents.app import RouterApp, broker_urls, output_publisher, read_with
+from hitl_router.agents.app import (
+    RouterApp,
+    broker_urls,
+    data_dir,
+    output_publisher,
+    read_with,
+)
 from hitl_router.agents.batching import Batch
 from hitl_router.agents.connection import faust_kwargs
 from hitl_router.agents.handling import batch_agent
@@ -110,6 +116,7 @@ def build_bridge(
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
+        datadir=data_dir(ls.group_id),
         web_port=ls.metrics_port if web_port is None else web_port,
         web_bind=config.metrics.host,
         consumer_auto_offset_reset="earliest",

@@ -44,3 +44,13 @@ def test_the_bridge_sends_with_the_workers_producer(token):
         assert bridge.publisher() is publisher  # made once
     finally:
         publisher.close(0.1)
+
+
+def test_the_bridge_keeps_its_files_out_of_the_working_directory(token, tmp_path, monkeypatch):
+    """Faust's default datadir is ``<id>-data`` in the directory the command started in."""
+    monkeypatch.chdir(tmp_path)
+    config, app = _bridge({})
+    datadir = app.conf.datadir.resolve()
+    assert not datadir.is_relative_to(tmp_path)
+    assert config.label_studio.group_id in datadir.name
+    assert list(tmp_path.iterdir()) == []
