@@ -68,6 +68,44 @@ def drain(
     return records
 
 
+def read_to_end(bootstrap: str, topics: Sequence[str], timeout: float = 30.0) -> list[Any]:
+    """Every record of ``topics`` from the beginning up to their end offsets as of this
+    call (a topic that does not exist yet holds none): what is there now, without
+    waiting for quiet. Raises if the end is not reached within ``timeout``."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    records: list[Any] = []
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not tps:
+            return records
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        deadline = time.time() + timeout
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.time() > deadline:
+                left = {
+                    f"{tp.topic}[{tp.partition}]": ends[tp] - consumer.position(tp) for tp in tps
+                }
+                raise AssertionError(f"{topics} not read to their end in {timeout:g} s: {left}")
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
 def write_config(path: Path, bootstrap: str, **overrides: Any) -> dict[str, Any]:
     """A test config with topics and group unique to this call."""
     tag = uuid.uuid4().hex[:8]

@@ -22,6 +22,7 @@ from tests.integration.faults import replay_fates, wait_members
 from tests.integration.helpers import (
     drain,
     produce,
+    read_to_end,
     scrape,
     start_worker,
     stop,
@@ -70,7 +71,7 @@ def _send_labels(bootstrap: str, topic: str, docs: list[dict[str, Any]]) -> None
 
 def _explain(bootstrap: str, topics: dict[str, str], ports: list[int]) -> str:
     """What the workers and the labels dead-letter topic say, for a failure message."""
-    dead = drain(bootstrap, [topics["labels_deadletter"]], until=10**6, timeout=3, idle=0)
+    dead = read_to_end(bootstrap, [topics["labels_deadletter"]])
     codes = Counter(orjson.loads(r.value)["error"]["code"] for r in dead)
     counts = {}
     for p in ports:

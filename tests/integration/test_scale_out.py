@@ -54,33 +54,40 @@ def outputs_by_fate(records: list[Any], cfg: dict[str, Any]) -> tuple[dict, dict
 
 @pytest.mark.parametrize("client", ["librdkafka", "aiokafka"])
 def test_two_and_three_workers_share_the_load(client, kafka_bootstrap, tmp_path):
-    """Rebalances as workers join: each worker's reader (librdkafka by default, else
-    Faust's aiokafka consumer) reads only what the group gave it."""
-    for n_workers in (2, 3):
-        cfg_path = tmp_path / f"config-{n_workers}.yaml"
-        clients = {"consumer": client, "producer": client}
-        cfg = fault_config(cfg_path, kafka_bootstrap, worker={"batch_size": 500, **clients})
-        ports = [free_port() for _ in range(n_workers)]
-        procs = [
-            start_worker(cfg_path, p, tmp_path / f"w{n_workers}-{i}.log")
-            for i, p in enumerate(ports)
-        ]
-        try:
-            for proc, port in zip(procs, ports, strict=True):
+    """Rebalances as workers join: two workers share the partitions, then a third joins
+    them while they run. Each worker's reader (librdkafka by default, else Faust's
+    aiokafka consumer) reads only what the group gave it: every id is decided, and after
+    the third joined, each of the three decides some of the next predictions."""
+    cfg_path = tmp_path / "config.yaml"
+    clients = {"consumer": client, "producer": client}
+    cfg = fault_config(cfg_path, kafka_bootstrap, worker={"batch_size": 500, **clients})
+    group, topic = cfg["kafka"]["group_id"], cfg["topics"]["predictions"]
+    ports = [free_port() for _ in range(3)]
+    procs = [start_worker(cfg_path, p, tmp_path / f"w{i}.log") for i, p in enumerate(ports[:2])]
+    try:
+        sent: list[bytes] = []
+        decided_before = [0.0, 0.0, 0.0]
+        for n_workers in (2, 3):
+            if n_workers == 3:
+                procs.append(start_worker(cfg_path, ports[2], tmp_path / "w2.log"))
+            for proc, port in zip(procs, ports, strict=False):
                 wait_metrics(proc, port)
-            wait_members(kafka_bootstrap, cfg["kafka"]["group_id"], n_workers)
+            wait_members(kafka_bootstrap, group, n_workers)
             raws = list(Simulator(seed=n_workers, id_prefix=f"share{n_workers}").messages(6000))
-            produce(kafka_bootstrap, cfg["topics"]["predictions"], raws)
-            records = drain(kafka_bootstrap, all_topics(cfg), until=len(raws), idle=2)
-            per_worker = [total(scrape(p), "hitl_predictions_total") for p in ports]
-        finally:
-            for proc in procs:
-                stop(proc)
-        fates, dead = outputs_by_fate(records, cfg)
-        assert not dead
-        assert set(fates) == {orjson.loads(r)["id"] for r in raws}
-        assert sum(per_worker) >= len(raws)
-        assert all(n > 0 for n in per_worker), f"a worker got no partition: {per_worker}"
+            produce(kafka_bootstrap, topic, raws)
+            sent += raws
+            records = drain(kafka_bootstrap, all_topics(cfg), until=len(sent), idle=2)
+            decided = [total(scrape(p), "hitl_predictions_total") for p in ports[:n_workers]]
+            fates, dead = outputs_by_fate(records, cfg)
+            assert not dead
+            assert set(fates) == {orjson.loads(r)["id"] for r in sent}
+            assert sum(decided) >= len(sent)
+            shares = [now - before for now, before in zip(decided, decided_before, strict=False)]
+            assert all(n > 0 for n in shares), f"a worker got no partition: {shares}"
+            decided_before = decided
+    finally:
+        for proc in procs:
+            stop(proc)
 
 
 def test_restart_after_clean_stop_resumes_from_committed_offsets(kafka_bootstrap, tmp_path):
