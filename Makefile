@@ -2,9 +2,6 @@
 PY ?= python3
 # pytest-xdist workers of the non-fault tests (each starts its own broker)
 TEST_WORKERS ?= 2
-# and of the fault tests, after them (each its own broker too: they mostly wait out
-# timeouts, so two at a time take ~200 s instead of ~310 s one at a time)
-FAULT_WORKERS ?= 2
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -36,7 +33,7 @@ test: $(STAMP) kafka-jars prometheus-bin label-studio-venv
 	$(BIN)/ruff format --check hitl_router tests
 	$(BIN)/mypy
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not faults" $(PYTEST_ARGS)
-	$(BIN)/pytest -n $(FAULT_WORKERS) --dist load -m faults tests/integration/test_faults.py $(PYTEST_ARGS)
+	$(BIN)/pytest -m faults tests/integration/test_faults.py $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -39,9 +39,8 @@ from tests.integration.faults import (
 )
 from tests.integration.helpers import cli, produce
 
-# ``faults``: ``make test`` runs these after the others, apart from them (their duplicate
-# bounds count one commit interval of input, and a busy machine stretches it), two at a
-# time (FAULT_WORKERS): each xdist worker starts this module's broker of its own
+# ``faults``: ``make test`` runs these alone, after the others (two at a time): their
+# duplicate bounds count one commit interval of input, and a busy machine stretches it
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
 #: when the fault strikes: this many predictions handed to the producer (of 15,000) and
