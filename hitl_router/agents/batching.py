@@ -340,17 +340,30 @@ class BatchingConsumer(Consumer):
                     await asyncio.wait_for(self.can_resume_flow.wait(), 0.5)
             if generation != reader.generation:
                 continue
-            assignment = self.assignment()
-            fetched = {}
-            now = monotonic()
-            monitor = self.app.monitor
-            for tp, (topic, partition) in tps.items():
-                if tp not in assignment:
-                    continue  # no longer this worker's (a rebalance is under way)
-                monitor.track_tp_end_offset(tp, reader.high_watermark(topic, partition))
-                monitor.stream_inbound_time[tp] = now
-                fetched[tp] = by_tp[topic, partition]
-            await self._hand_over(fetched, in_flight)
+            await self._hand_over(self._held(tps, by_tp), in_flight)
+
+    def _held(
+        self, tps: Mapping[Any, tuple[str, int]], by_tp: Mapping[tuple[str, int], list[Any]]
+    ) -> dict[Any, list[Any]]:
+        """A read's records of the partitions this worker still holds (a rebalance may be
+        under way), with what Faust's monitor tracks of each: its end offset for the lag
+        (when librdkafka knows one: not while the broker is away, and Faust's gauge
+        refuses None) and when records last came in."""
+        reader = self._reader
+        assert reader is not None
+        assignment = self.assignment()
+        fetched = {}
+        now = monotonic()
+        monitor = self.app.monitor
+        for tp, (topic, partition) in tps.items():
+            if tp not in assignment:
+                continue
+            high = reader.high_watermark(topic, partition)
+            if high is not None:
+                monitor.track_tp_end_offset(tp, high)
+            monitor.stream_inbound_time[tp] = now
+            fetched[tp] = by_tp[topic, partition]
+        return fetched
 
     def _tell_held(self, tps: Iterable[Any], n: int, waited: float) -> None:
         """A read has waited long for its partitions: say why (it keeps waiting)."""

@@ -142,3 +142,27 @@ def test_a_read_held_by_a_paused_partition_says_which_one(caplog) -> None:
         "librdkafka: 500 records read 12 s ago wait to be handed over: flow running; "
         "their partitions predictions[0] active, predictions[1] paused"
     )
+
+
+def test_a_read_while_the_broker_is_away_is_handed_over_without_an_end_offset() -> None:
+    """librdkafka knows no end offset of a partition while the broker is away (its cached
+    watermark is -1): the lag gauge keeps its last value instead of crashing the fetch
+    loop (Faust's Prometheus gauge refuses None; a fault test saw the worker exit 1)."""
+    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+    from prometheus_client import CollectorRegistry
+
+    a, b, gone = TP("predictions", 0), TP("predictions", 1), TP("predictions", 2)
+    registry = CollectorRegistry()
+    monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "t"))
+    highs = {0: 120, 1: None, 2: 7}
+    state = reader_state({a, b})
+    state._reader = SimpleNamespace(high_watermark=lambda topic, p: highs[p])
+    state.app = SimpleNamespace(monitor=monitor)
+    by_tp = {("predictions", 0): ["r0"], ("predictions", 1): ["r1"], ("predictions", 2): ["r2"]}
+    tps = {tp: (tp.topic, tp.partition) for tp in (a, b, gone)}
+    held = BatchingConsumer._held(state, tps, by_tp)  # type: ignore[arg-type]
+    assert held == {a: ["r0"], b: ["r1"]}  # the partition no longer held is dropped
+    assert set(monitor.stream_inbound_time) == {a, b}
+    end = "t_topic_partition_end_offset"
+    assert registry.get_sample_value(end, {"topic": "predictions", "partition": "0"}) == 120
+    assert registry.get_sample_value(end, {"topic": "predictions", "partition": "1"}) is None
