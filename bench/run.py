@@ -106,9 +106,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=None,
         help="run the throughput contenders (router, ceiling, the anchors) this many times, in a "
-        "rotated order each round, and report each one's median run (default: 1)",
+        "rotated order each round, and report each one's median run (default: 3, 1 with "
+        "--quick: the same code's rate moves by 10-15%% between runs here, so one round "
+        "settles no ratio)",
     )
     p.add_argument(
         "--load-control",
@@ -140,6 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--curve-rates: each rate must be > 0")
     if args.curve_seconds is None:
         args.curve_seconds = 5.0 if args.quick else 10.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     if args.rounds < 1:
         p.error(f"--rounds: at least 1, got {args.rounds}")
     if any(w < 1 for w in args.workers):

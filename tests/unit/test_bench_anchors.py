@@ -208,3 +208,15 @@ def test_report_has_the_rate_latency_curve_and_its_targets() -> None:
     del curve["2000"]
     report.derive(results)
     assert {t["metric"]: t["pass"] for t in results["targets"]}["curve_p99_over_pass"] is None
+
+
+def test_a_full_run_takes_the_median_of_three_rounds_and_a_smoke_run_one():
+    """The same code's rate moves by 10-15% between runs on the development machine:
+    ratios near their targets are judged on medians, unless told otherwise."""
+    from bench.run import parse_args
+
+    assert parse_args([]).rounds == 3
+    assert parse_args(["--quick"]).rounds == 1
+    assert parse_args(["--quick", "--rounds", "2"]).rounds == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--rounds", "0"])
