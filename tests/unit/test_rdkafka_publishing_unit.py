@@ -106,6 +106,22 @@ def test_a_vanished_partition_is_resent_not_counted_and_errors_keep_the_first():
     asyncio.run(run())
 
 
+def test_an_output_whose_partition_librdkafka_destroyed_is_resent():
+    """A topic re-created smaller can fail the outputs already queued for a removed
+    partition with _DESTROY instead of _UNKNOWN_PARTITION: produced again all the same."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        resent: list[object] = []
+        d = _Delivery(loop, lambda delivery, msg: resent.append(msg))
+        d.n = 1
+        d(KafkaError(KafkaError._DESTROY), _msg("out", 2))
+        await asyncio.sleep(0)
+        assert len(resent) == 1 and d.error is None and not d.future.done()
+
+    asyncio.run(run())
+
+
 def test_reader_config_follows_the_worker_settings():
     from hitl_router.agents.rdkafka_reading import consumer_config
 
