@@ -564,6 +564,23 @@ class FaultRun:
         self.producer.start()
         return self.producer
 
+    def wait_steady(self, worker: Worker, timeout: float = 60) -> float:
+        """Until ``worker`` keeps up with the paced producer (it has decided all but the
+        last 0.2 s of what was sent), then one commit interval more: what it decided
+        faster than the rate while catching up (its first read comes a moment after the
+        producer starts) is committed by then, so the next commit interval holds one
+        interval of input at the rate, as ``duplicate_bound`` counts. Returns when."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert worker.proc.poll() is None, f"worker exited:\n{worker.tail()}"
+            with contextlib.suppress(OSError):
+                if worker.predictions() >= self.producer.sent - 0.2 * self.rate:
+                    break
+            assert time.monotonic() < deadline, f"not keeping up in {timeout}s:\n{worker.tail()}"
+            time.sleep(0.05)
+        time.sleep(COMMIT_INTERVAL_S * 1.5)
+        return time.time()
+
     def expected_ids(self) -> set[str]:
         return {rec["id"] for rec in self.expected if rec["fate"] != "deadletter"}
 

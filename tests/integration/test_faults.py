@@ -211,6 +211,7 @@ def test_worker_kill_9_restarted_with_static_membership(broker, tmp_path):
         worker = run.start_worker().wait_ready()
         run.produce().wait_sent(FAULT_AT)
         worker.wait_deciding(DECIDED_AT)
+        run.wait_steady(worker)  # measured once: 5,914 redone, killed while catching up
         worker.signal(signal.SIGKILL)
         worker.wait_exit(10)
         restarted = run.start_worker("w-restarted")
@@ -233,6 +234,7 @@ def test_worker_frozen_longer_than_its_session(broker, tmp_path):
         worker = run.start_worker().wait_ready()
         run.produce().wait_sent(FAULT_AT)
         worker.wait_deciding(DECIDED_AT)
+        run.wait_steady(worker)
         with stopped(worker.pid):
             time.sleep(freeze)
         resumed = time.time()
