@@ -471,10 +471,9 @@ def _md_curve(results: Result) -> list[str]:
 
 #: what the anchors runs showed (written by hand, dated)
 ANCHOR_NOTES = [
-    "Measured on 2026-12-01 (the run above, commit `63f8293`, 14:00, and the runs of the "
-    "same day named below); every id of the 200,000 got replay's fate from the router, the "
-    "confluent-kafka loop and the Quix app (187 dead letters, 96 of them without an id, the "
-    "same in all three):",
+    "Measured on 2026-12-01 (the run above, commit `e624859`, 16:20, three rounds, and the "
+    "runs of the same day named below); every id of the 200,000 got replay's fate from the "
+    "router, the confluent-kafka loop and the Quix app in every round:",
     "",
     '- *Three fixes of the benchmark, for every contender* (ANALYSIS.md "Latency '
     "tails\"): output topics are settled before a contender starts (a fresh partition's "
@@ -484,34 +483,40 @@ ANCHOR_NOTES = [
     "the clock (the pacer stalled 135–290 ms at the start of traffic in most runs, see its "
     "columns in the curve).",
     "- *The router reads and writes with librdkafka* (`worker.consumer` and "
-    '`worker.producer`, README "The agents"): 23,023 and 22,691 msgs/s at 43 and 45 µs of '
-    "CPU per message (35 and 36 on its main thread); on aiokafka 20,371 and 21,968 at 45 "
-    "and 42. The anchors: the loop 21,758 and 21,019 at 50 and 53 µs (42 and 43 on its "
-    "main thread), the Quix app 11,545 and 10,659 at 92 and 101, the pass-through 125,549 "
-    "and 124,766 at 4–5 (the issue's: ~22,100 at 46, ~9,100 at 116, 126,000–174,000 at 5).",
-    "- *Against the loop and Quix.* Per round here: router / loop 1.06 and 1.08 (target "
-    "1.5), router / Quix 1.99 and 2.13 (2.5). The previous full run (12:08, commit "
-    "`a58d852`): 1.45 and 1.43, 2.67 and 2.53, with the router at 30 and 39 µs per message "
-    "and the loop at 48 and 58. Between the two runs the same code's CPU per message moved "
-    "by up to 15% either way: the kafka-python peer, unchanged, 478 → 558 µs; the router "
-    "39 → 45; the loop 58 → 53. In alternating pairs the same afternoon the router moved "
-    "23.4–32.3k msgs/s and the loop 12.6–15.1k (its main thread waiting 14–18 µs/msg for "
-    "a CPU, 3–4 here). By CPU per message the router does the loop's work for 0.65–0.85 "
-    "of its cost: not the margin a 1.5× target needs on this machine.",
-    "- *0.3 × the pass-through is out of reach for this work per message* (0.18 and 0.18 "
-    "here, 0.27 and 0.22 at 12:08). The pass-through costs 4–5 µs per message; the "
+    '`worker.producer`, README "The agents"): 25,148, 28,794 and 23,132 msgs/s at 40, 38 '
+    "and 43 µs of CPU per message (32, 30 and 35 on its main thread); on aiokafka 24,041, "
+    "22,014 and 21,596 at 39–42. The anchors: the loop 16,835, 18,769 and 17,355 at 62, "
+    "58 and 64 µs (48–52 on its main thread), the Quix app 11,266, 11,352 and 12,584 at "
+    "86–96, the pass-through 107,239, 209,864 and 196,078 at 4–7 (the issue's: ~22,100 at "
+    "46, ~9,100 at 116, 126,000–174,000 at 5).",
+    "- *Against the loop and Quix, three rounds a run.* Router / loop 1.49, 1.53 and 1.33 "
+    "(median 1.45, target 1.5), router / Quix 2.23, 2.54 and 1.84 (median 2.22, target "
+    "2.5). The earlier full runs of the day, two rounds each: 1.45 and 1.43, 2.67 and 2.53 "
+    "(12:08, commit `a58d852`); 1.06 and 1.08, 1.99 and 2.13 (14:00, commit `63f8293`, the "
+    "loop at 50–53 µs per message, the router at 43–45). Between runs the same code's CPU "
+    "per message moves by up to 15% either way (the kafka-python peer, unchanged: 478, 558 "
+    "and 614 µs in the three runs), so a ratio near its target is settled by no single "
+    "round: the benchmark now runs three and reports medians. By CPU per message the "
+    "router does the loop's work for 0.62–0.85 of its cost.",
+    "- *0.3 × the pass-through is out of reach for this work per message* (0.23, 0.14 "
+    "and 0.12 here; 0.18 and 0.18 at 14:00, 0.27 and 0.22 at 12:08). The pass-through costs "
+    "4–7 µs per message; the "
     "router's own Python per message, offline on one batch of 1,000 (parse 6.4–7.3 µs, "
     "decide 1.8, outputs 3.2–4.6 with the worker's malloc settings; ANALYSIS.md "
     '"Memory"), is ~12 µs before any Kafka client, and 26.5 µs in the worker (stage '
     "timings: the same steps on fresh data, with librdkafka's threads and the broker on the "
     "same two cores). Parsing is the largest part and is already msgspec's typed decode in "
-    "C; pysimdjson 7.0.2 reading the probabilities straight into buffers was no faster. "
-    "0.3 × 125,000 msgs/s would be 27 µs per message for everything.",
-    "- *Latency at 2,000 msgs/s*: router p99 34.4 ms against the pass-through's 25.5 "
-    "(1.35×), p50 21.4 against 15.2 (at 12:08: 34.4 against 25.0, 20.7 against 14.7). "
-    "Before the lead-in, 10 of 16 runs at ~2,000 met the p99 target; each miss came from "
-    "outputs of the first 0.1 s, which the pacer's stall at the start of traffic had held "
-    "(now in the lead-in columns: up to 400 ms, for every contender).",
+    "C; pysimdjson 7.0.2 reading the probabilities straight into buffers was no faster, "
+    'nor the ensembles once checked as the typed path must (ANALYSIS.md "By C '
+    "function\", with where the worker's CPU goes by C function). 0.3 × 125,000–210,000 "
+    "msgs/s would be 16–27 µs per message for everything.",
+    "- *Latency at 2,000 msgs/s* (one 10 s run per contender and rate): router p99 46.8 "
+    "ms against the pass-through's 25.8 here (1.82×), p50 23.5 against 15.2. The same "
+    "curve run alone at 16:39 (`--curve-rates 2000`): 34.4 against 28.6 (1.20×), p50 20.5 "
+    "against 16.0; at 12:08 and 14:00: 34.4 against 25.0 and 25.5 (1.35–1.38×). Before the "
+    "lead-in, 10 of 16 runs at ~2,000 met the p99 target; each miss came from outputs of "
+    "the first 0.1 s, which the pacer's stall at the start of traffic had held (now in the "
+    "lead-in columns: up to 400 ms, for every contender).",
     "- *The anchors read what is fetched.* `consume(n, t)` waits until it has n messages "
     "or t is up: the pass-through's p50 was 517 ms at 1,000 msgs/s and 277 ms at 2,000. "
     "They (and the router's reader) now take what librdkafka has fetched at once and wait "
