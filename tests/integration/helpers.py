@@ -38,20 +38,26 @@ def produce(
     return out
 
 
-def drain(
-    bootstrap: str, topics: Sequence[str], until: int, timeout: float = 120.0, idle: float = 3.0
-) -> list[Any]:
-    """Read ``topics`` from the beginning until ``until`` records arrived (then ``idle``
-    more seconds, to see duplicates or strays) or ``timeout`` passes."""
+def _reader(bootstrap: str, *topics: str) -> Any:
+    """A kafka-python consumer of no group, from the earliest offsets, committing nothing
+    (subscribed to ``topics``, if any)."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(
+    return KafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+
+
+def drain(
+    bootstrap: str, topics: Sequence[str], until: int, timeout: float = 120.0, idle: float = 3.0
+) -> list[Any]:
+    """Read ``topics`` from the beginning until ``until`` records arrived (then ``idle``
+    more seconds, to see duplicates or strays) or ``timeout`` passes."""
+    consumer = _reader(bootstrap, *topics)
     records: list[Any] = []
     deadline = time.time() + timeout
     reached_at = None
@@ -72,14 +78,9 @@ def read_to_end(bootstrap: str, topics: Sequence[str], timeout: float = 30.0) ->
     """Every record of ``topics`` from the beginning up to their end offsets as of this
     call (a topic that does not exist yet holds none): what is there now, without
     waiting for quiet. Raises if the end is not reached within ``timeout``."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = _reader(bootstrap)
     records: list[Any] = []
     try:
         tps = [
