@@ -367,7 +367,7 @@ class BatchingConsumer(Consumer):
 
     def _tell_held(self, tps: Iterable[Any], n: int, waited: float) -> None:
         """A read has waited long for its partitions: say why (it keeps waiting)."""
-        active = self._get_active_partitions()
+        active, held = self._get_active_partitions(), self.assignment()
         log.warning(
             "librdkafka: %d records read %.0f s ago wait to be handed over: flow %s; "
             "their partitions %s",
@@ -376,7 +376,7 @@ class BatchingConsumer(Consumer):
             "running" if self.flow_active else "stopped",
             ", ".join(
                 f"{tp.topic}[{tp.partition}] "
-                + ("active" if tp in active else "paused" if tp in self.assignment() else "gone")
+                + ("active" if tp in active else "paused" if tp in held else "gone")
                 for tp in sorted(tps)
             ),
         )

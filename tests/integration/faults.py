@@ -364,13 +364,16 @@ class Worker:
                 assert time.monotonic() < deadline, f"no /metrics in {timeout}s:\n{self.tail()}"
                 time.sleep(0.2)
 
-    def wait_deciding(self, at_least: int = 1, timeout: float = 120) -> float:
-        """Until this worker decided ``at_least`` predictions; returns when (time.time())."""
+    def wait_deciding(
+        self, at_least: float | Callable[[], float] = 1, timeout: float = 120
+    ) -> float:
+        """Until this worker decided ``at_least`` predictions (a number, or one that moves:
+        a function asked each time); returns when (time.time())."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, f"worker exited:\n{self.tail()}"
             with contextlib.suppress(OSError):
-                if self.predictions() >= at_least:
+                if self.predictions() >= (at_least() if callable(at_least) else at_least):
                     return time.time()
             assert time.monotonic() < deadline, f"nothing decided in {timeout}s:\n{self.tail()}"
             time.sleep(0.1)
@@ -570,14 +573,7 @@ class FaultRun:
         faster than the rate while catching up (its first read comes a moment after the
         producer starts) is committed by then, so the next commit interval holds one
         interval of input at the rate, as ``duplicate_bound`` counts. Returns when."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert worker.proc.poll() is None, f"worker exited:\n{worker.tail()}"
-            with contextlib.suppress(OSError):
-                if worker.predictions() >= self.producer.sent - 0.2 * self.rate:
-                    break
-            assert time.monotonic() < deadline, f"not keeping up in {timeout}s:\n{worker.tail()}"
-            time.sleep(0.05)
+        worker.wait_deciding(lambda: self.producer.sent - 0.2 * self.rate, timeout)
         time.sleep(COMMIT_INTERVAL_S * 1.5)
         return time.time()
 
