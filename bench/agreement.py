@@ -5,12 +5,14 @@ The reference is ``hitl-router replay``'s path (``decide_batch`` in batches of
 each id's fate, with the queue for review items (``review-<queue>``); a dead letter is
 keyed by the payload's id when it has a usable one (as the router keys it), else counted
 unkeyed. A contender's fates are read from its outputs: the topic each key was written to.
+Its decision records (what the label loop joins labels with) are checked too: one for
+every eval and review item, none for any other input.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +70,33 @@ def router_labels(config: Mapping[str, Any]) -> dict[str, str]:
     return labels
 
 
-def compare(ref: Fates, got: Fates) -> dict[str, Any]:
+def recorded_ids(ref: Fates) -> set[bytes]:
+    """The ids the router writes a decision record for: its eval and review items."""
+    return {k for k, label in ref.by_key.items() if label == "eval" or label.startswith("review-")}
+
+
+def compare_records(ref: Fates, keys: Set[bytes], total: int, unkeyed: int) -> dict[str, Any]:
+    """A contender's decision records (their distinct ``keys``, ``total`` records, of which
+    ``unkeyed`` had no key) against the ids that get one: ``ok`` when they are the same."""
+    want = recorded_ids(ref)
+    missing, extra = want - keys, keys - want
+    return {
+        "expected": len(want),
+        "records": total,
+        "duplicates": total - len(keys) - unkeyed,
+        "missing": len(missing),
+        "extra": len(extra) + unkeyed,
+        "missing_examples": [k.decode(errors="replace") for k in sorted(missing)[:EXAMPLES]],
+        "extra_examples": [k.decode(errors="replace") for k in sorted(extra)[:EXAMPLES]],
+        "ok": not missing and not extra and not unkeyed,
+    }
+
+
+def compare(ref: Fates, got: Fates, records: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every keyed input with the same fate (and queue), the same keyed dead letters and
-    as many unkeyed ones, no key in two fates' topics: ``ok``; else what differs."""
+    as many unkeyed ones, no key in two fates' topics, and with ``records``
+    (:func:`compare_records`) a decision record for exactly the eval and review items:
+    ``ok``; else what differs."""
     differ = [k for k, label in ref.by_key.items() if got.by_key.get(k, label) != label]
     missing = [k for k in ref.by_key if k not in got.by_key]
     extra = [k for k in got.by_key if k not in ref.by_key]
@@ -103,6 +129,9 @@ def compare(ref: Fates, got: Fates) -> dict[str, Any]:
         and dead_ref == dead_got
         and ref.unkeyed == got.unkeyed
     )
+    if records is not None:
+        res["records"] = dict(records)
+        res["ok"] = res["ok"] and records["ok"]
     return res
 
 
@@ -116,4 +145,7 @@ def summary(res: Mapping[str, Any] | None) -> str:
         return f"all {res['checked']:,} agree"
     wrong = res["differ"] + res["missing"] + res["extra"] + res["conflicts"]
     dead = "" if res["deadletter_ids_equal"] else ", dead letters differ"
+    records = res.get("records")
+    if records is not None and not records["ok"]:
+        dead += f", decision records: {records['missing']:,} missing, {records['extra']:,} extra"
     return f"**{wrong:,} MISMATCH{'ES' if wrong != 1 else ''}**{dead}"

@@ -6,15 +6,17 @@ and the Quix Streams app (``bench/quix_app.py``) both run :func:`decide` per mes
 ``orjson`` to parse, a check of the message contract, a keyed BLAKE2b of the id for the
 2% eval draw, the router's scores (its formulas), the three queues (the first that matches
 wins), the router's output documents with the prediction embedded as received, a dead
-letter for whatever fails. The per-message arithmetic is plain Python over the parsed
-lists: on this workload (10 classes, 5 members) numpy per message took 100–150 µs of CPU
-for the checks and scores on the benchmark's machine, plain Python ~35 (numpy pays off
-over a batch: the router's design). No hitl_router import: the Quix app runs in a venv of
-its own.
+letter for whatever fails, and the router's *decision record* of every eval and review
+item (``hitl_router.router.join.decision_record``: what the label loop joins labels
+with; the router writes it to ``topics.decisions``). The per-message arithmetic is plain
+Python over the parsed lists: on this workload (10 classes, 5 members) numpy per message
+took 100–150 µs of CPU for the checks and scores on the benchmark's machine, plain Python
+~35 (numpy pays off over a batch: the router's design). No hitl_router import: the Quix
+app runs in a venv of its own.
 
->>> fate, key, doc = decide(b'{"id":"a","model":"m","probs":[0.55,0.45]}', "in", 0, 7, 0.0)
->>> fate, key, doc["queue"], doc["priority"]
-('review-uncertain', b'a', 'uncertain', 0.44999999999999996)
+>>> fate, key, doc, record = decide(b'{"id":"a","model":"m","probs":[0.55,0.45]}', "in", 0, 7, 0.0)
+>>> fate, key, doc["queue"], doc["priority"], record["fate"], record["pred"]
+('review-uncertain', b'a', 'uncertain', 0.44999999999999996, 'review', 0)
 >>> decide(b"[1,2]", "in", 0, 8, 0.0)[:2], decide(b"{", "in", 0, 9, 0.0)[2]["error"]["code"]
 (('deadletter', None), 'JSONDecodeError')
 """
@@ -34,6 +36,8 @@ MAX_PROB_BELOW, MARGIN_BELOW = 0.7, 0.1  # uncertain: any of max_prob_below, mar
 QUEUES = ("flagged", "disagreement", "uncertain")
 #: every fate an input can get: the name of its output topic's part
 FATES = ("eval", "accepted", "deadletter", *(f"review-{q}" for q in QUEUES))
+#: the name part of the decision records' topic (the router's ``topics.decisions``)
+RECORDS = "decisions"
 MAX_DEPTH, MAX_MEMBERS = 32, 256  # the router's default limits
 ROUTER = {"version": "hand-written", "config_hash": "bench"}
 _DRAW = hashlib.blake2b(digest_size=8, key=SALT)
@@ -141,16 +145,42 @@ def _reasons(doc: dict[str, Any], s: dict[str, float]) -> list[dict[str, Any]]:
     return [dict(zip(names, r, strict=True)) for r in out]
 
 
+def record(
+    doc: dict[str, Any],
+    p: list[float],
+    s: dict[str, float],
+    fate: str,
+    queue: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """The router's decision record of an eval or review item (no temperatures here)."""
+    return {
+        "id": doc["id"],
+        "model": doc["model"],
+        "probs": p,
+        "classes": doc.get("classes"),
+        "temperature": 1.0,
+        "pred": p.index(max(p)),
+        "fate": fate,
+        "queue": queue,
+        "scores": s,
+        "ts": doc.get("ts"),
+        "recorded_at": now,
+    }
+
+
 def decide(
     raw: bytes | None, topic: str, partition: int, offset: int, now: float
-) -> tuple[str, bytes | None, dict[str, Any]]:
-    """(fate, key, output document) of one message; the output embeds the prediction."""
+) -> tuple[str, bytes | None, dict[str, Any], dict[str, Any] | None]:
+    """(fate, key, output document, decision record) of one message; the output embeds
+    the prediction; eval and review items have a decision record, the others None."""
     doc: Any = None
     try:
         doc = orjson.loads(raw)  # type: ignore[arg-type]
         p, members = check(doc)
         pid = doc["id"]
         key = pid.encode()
+        s = scores(p, members)  # the router scores every valid prediction
         draw = _DRAW.copy()
         draw.update(key)
         if int.from_bytes(draw.digest(), "big") / 2**64 < EVAL_RATE:
@@ -161,17 +191,16 @@ def decide(
                 "sample_rate": EVAL_RATE,
                 "sampled_at": now,
                 "router": ROUTER,
-            }  # fmt: skip
-        s = scores(p, members)
+            }, record(doc, p, s, "eval", None, now)  # fmt: skip
         out = {"id": pid, "model": doc["model"], "scores": s, "temperature": 1.0}
         out.update(prediction=orjson.Fragment(raw), routed_at=now, router=ROUTER)
         reasons = _reasons(doc, s)
         if not reasons:
-            return "accepted", key, out
+            return "accepted", key, out, None
         queue = reasons[0]["queue"]
         head = {"id": pid, "model": doc["model"], "queue": queue}
         head.update(priority=1.0 - s["max_prob"], reasons=reasons)
-        return f"review-{queue}", key, {**head, **out}
+        return f"review-{queue}", key, {**head, **out}, record(doc, p, s, "review", queue, now)
     except Exception as exc:  # a dead letter, keyed by the id when it has a usable one
         pid = doc.get("id") if isinstance(doc, dict) else None
         ok = isinstance(pid, str) and 0 < len(pid) <= 256
@@ -182,4 +211,4 @@ def decide(
             "raw_size": len(raw or b""),
             "source": {"topic": topic, "partition": partition, "offset": offset},
             "received_at": now,
-        }  # fmt: skip
+        }, None  # fmt: skip

@@ -2,9 +2,10 @@
 confluent-kafka loop, what a team would write instead of hitl-router.
 
 Per message: ``bench.anchor_rules.decide`` (``orjson`` parse, the checks, the eval draw,
-numpy scores, the three queues, a dead letter for whatever fails), then ``orjson.dumps``
+the scores, the three queues, a dead letter for whatever fails), then ``orjson.dumps``
 of the output (the prediction embedded as received) and ``Producer.produce`` to the
-fate's topic, keyed by the id (review items with their ``priority`` header); batches of
+fate's topic, keyed by the id (review items with their ``priority`` header), and for an
+eval or review item its decision record to the records' topic, as the router; batches of
 ``consume(num_messages=batch)``, and every commit interval a ``flush()`` then a commit —
 at-least-once, with the same clients, settings and committer as
 ``bench/confluent_pass.py``.
@@ -24,12 +25,13 @@ from typing import Any
 import orjson
 
 from bench import confluent_pass
-from bench.anchor_rules import FATES, decide
+from bench.anchor_rules import FATES, RECORDS, decide
 
 
 def topics(name: str, tag: str) -> dict[str, str]:
-    """The output topic of each fate (``review-<queue>`` per queue)."""
-    return {fate: f"bench-{name}-{fate}-{tag}" for fate in FATES}
+    """The output topic of each fate (``review-<queue>`` per queue), and of the decision
+    records (``RECORDS``)."""
+    return {part: f"bench-{name}-{part}-{tag}" for part in (*FATES, RECORDS)}
 
 
 def run(
@@ -47,6 +49,7 @@ def run(
     produce, poll, dumps = producer.produce, producer.poll, orjson.dumps
     interval = settings.get("commit_interval_s", 1.0)
     committer = confluent_pass.Committer(consumer, producer, interval)
+    records = names[RECORDS]
     try:
         while not confluent_pass.STOP:
             msgs = confluent_pass.read(consumer, batch)
@@ -54,7 +57,9 @@ def run(
             for m in msgs:
                 if m.error():
                     raise KafkaException(m.error())
-                fate, key, out = decide(m.value(), m.topic(), m.partition(), m.offset(), now)
+                fate, key, out, record = decide(
+                    m.value(), m.topic(), m.partition(), m.offset(), now
+                )
                 value = dumps(out)
                 headers = [("priority", repr(out["priority"]).encode())] if "queue" in out else None
                 while True:
@@ -63,6 +68,14 @@ def run(
                         break
                     except BufferError:  # librdkafka's queue is full: let it send
                         poll(0.1)
+                if record is not None:
+                    value = dumps(record)
+                    while True:
+                        try:
+                            produce(records, value, key)
+                            break
+                        except BufferError:
+                            poll(0.1)
             committer.consumed(len(msgs))
         committer.commit()
     finally:

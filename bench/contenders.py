@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from bench import agreement, procs
+from bench.anchor_rules import RECORDS
 from bench.kafka_io import Admin, OutputReader, free_port, prefill, quiesce, settle
 from bench.peer import topics as peer_topics
 
@@ -106,6 +107,7 @@ def _router_config(setup: Setup, name: str, input_topic: str | None) -> dict[str
             "deadletter": f"bench-dlq-{t}",
             "labels": f"bench-labels-{t}",
             "accepted": f"bench-accepted-{t}",
+            "decisions": f"bench-decisions-{t}",
         },
         "eval_sample": {"rate": 0.02, "salt": "bench"},
         "queues": [
@@ -130,9 +132,14 @@ def _router_config(setup: Setup, name: str, input_topic: str | None) -> dict[str
 
 
 def output_topics(config: dict[str, Any]) -> list[str]:
-    """Every topic a router with ``config`` writes: one of them gets each input."""
+    """The fates' topics of a router with ``config``: one of them gets each input."""
     t = config["topics"]
     return [t["eval"], t["deadletter"], t["accepted"], *(q["topic"] for q in config["queues"])]
+
+
+def records_topic(config: dict[str, Any]) -> str:
+    """Where a router with ``config`` writes its decision records (eval and review items)."""
+    return str(config["topics"]["decisions"])
 
 
 def write_config(setup: Setup, config: dict[str, Any], name: str) -> Path:
@@ -257,13 +264,18 @@ async def run_processes(
     feed: Callable[[list[procs.Proc]], Awaitable[dict[str, Any]]] | None = None,
     labels: Mapping[str, str] | None = None,
     topic_configs: dict[str, str] | None = None,
+    records: str | None = None,
 ) -> dict[str, Any]:
-    """Create ``outputs`` (with ``topic_configs``), start the processes ``start()``
-    returns, ``feed`` them if given, measure, stop them; with ``labels`` (output topic →
-    fate), check the fates of the outputs against replay's (``result["agreement"]``)."""
-    await fresh_outputs(setup, outputs, topic_configs)
+    """Create ``outputs`` and ``records`` (with ``topic_configs``), start the processes
+    ``start()`` returns, ``feed`` them if given, measure, stop them; with ``labels`` (output
+    topic → fate), check the fates of the outputs against replay's, and the decision
+    records written to ``records`` (``result["agreement"]``)."""
+    await fresh_outputs(setup, [*outputs, *([records] if records else [])], topic_configs)
     reader = OutputReader(setup.bootstrap, outputs, setup.partitions, labels)
+    recorded = OutputReader(setup.bootstrap, [records], setup.partitions) if records else None
     await reader.start()
+    if recorded is not None:
+        await recorded.start()
     running: list[procs.Proc] = []
     try:
         running = start()
@@ -275,14 +287,27 @@ async def run_processes(
     result.update(fed)
     result["shutdown_s"] = stop_s
     result["killed_at_shutdown"] = [p.name for p in running if p.killed]
+    check_records = None
+    if recorded is not None:
+        try:
+            await recorded.drain()  # everything the stopped contender wrote
+        finally:
+            await recorded.stop()
+        result["decision_records"] = recorded.stats.total
     if labels is not None:
         ref = await reference_fates(setup)
-        result["agreement"] = check = agreement.compare(ref, reader.stats.fates)
+        if recorded is not None:
+            stats = recorded.stats
+            check_records = agreement.compare_records(ref, stats.keys, stats.total, stats.unkeyed)
+        result["agreement"] = check = agreement.compare(ref, reader.stats.fates, check_records)
         if not check["ok"]:
             log.error(
                 "FATES DIFFER from replay's: %s; e.g. %s",
                 agreement.summary(check).replace("*", ""),
-                check["examples"][:3] or check["missing_examples"][:3],
+                check["examples"][:3]
+                or check["missing_examples"][:3]
+                or (check_records or {}).get("missing_examples", [])[:3]
+                or (check_records or {}).get("extra_examples", [])[:3],
             )
     return result
 
@@ -336,6 +361,7 @@ async def router(
         output_topics(config),
         lambda: spawn_workers(setup, path, name, 1, profile),
         labels=labels,
+        records=records_topic(config),
     )
     if profile is not None:
         result["profile"] = {"raw": str(profile)}
@@ -378,6 +404,7 @@ async def scale(setup: Setup, workers: int) -> dict[str, Any]:
         output_topics(config),
         lambda: spawn_workers(setup, path, name, workers),
         feed,
+        records=records_topic(config),
     )
 
 
@@ -444,6 +471,7 @@ async def confluent_loop(setup: Setup, name: str = "confluent-loop") -> dict[str
     from bench.confluent_loop import topics
 
     names = topics(name, setup.tag)
+    records = names.pop(RECORDS)
     argv = [procs.PYTHON, "-m", "bench.confluent_loop", "--bootstrap", setup.bootstrap]
     argv += ["--input", setup.input_topic, "--group", f"bench-{name}-{setup.tag}"]
     argv += ["--tag", setup.tag, "--name", name, *_librdkafka_args(setup)]
@@ -452,6 +480,7 @@ async def confluent_loop(setup: Setup, name: str = "confluent-loop") -> dict[str
         list(names.values()),
         lambda: [procs.Proc(name, argv, setup.tmp / f"{name}.log", env=setup.env)],
         labels={topic: fate for fate, topic in names.items()},
+        records=records,
     )
 
 
@@ -463,6 +492,7 @@ async def quix(setup: Setup, name: str = "quix") -> dict[str, Any]:
 
     python = await asyncio.to_thread(quix_venv.install)
     names = topics(name, setup.tag)
+    records = names.pop(RECORDS)
     argv = [str(python), "-m", "bench.quix_app", "--bootstrap", setup.bootstrap]
     argv += ["--input", setup.input_topic, "--group", f"bench-{name}-{setup.tag}"]
     argv += ["--tag", setup.tag, "--name", name, "--state-dir", str(setup.tmp / f"{name}-state")]
@@ -474,4 +504,5 @@ async def quix(setup: Setup, name: str = "quix") -> dict[str, Any]:
         lambda: [procs.Proc(name, argv, setup.tmp / f"{name}.log", env=env)],
         labels={topic: fate for fate, topic in names.items()},
         topic_configs={"message.timestamp.type": "LogAppendTime"},
+        records=records,
     )

@@ -208,7 +208,11 @@ async def measure(
             return [spawn(setup, path, name, outputs[0], group)]
 
     await asyncio.to_thread(setup.admin.create_topics, [input_topic], setup.partitions)
-    await contenders.fresh_outputs(setup, outputs, {"message.timestamp.type": "LogAppendTime"})
+    # a router's decision records go to a topic of their own, settled as its outputs are
+    records = [contenders.records_topic(config)] if of.startswith("router") else []
+    await contenders.fresh_outputs(
+        setup, [*outputs, *records], {"message.timestamp.type": "LogAppendTime"}
+    )
     reader = OutputReader(setup.bootstrap, outputs, setup.partitions)
     await reader.start()
     probe = LatencyProbe()

@@ -5,9 +5,11 @@ offsets committed — every 5 s) reading the prefilled topic as bytes; ``.apply(
 decides each message with ``bench.anchor_rules.decide`` (the rules the confluent-kafka
 loop runs), then one branch per fate: ``.filter`` on the fate, ``.apply`` to the output
 document, ``.set_headers`` (review items: ``priority``), ``.to_topic`` with the id as key,
-serialised by Quix's JSON serializer (``orjson``). Quix copies the value at a branching
-point for every branch but the first (pickle): an ``orjson.Fragment`` does not pickle,
-so the prediction crosses it as bytes and is embedded as a Fragment in its branch.
+serialised by Quix's JSON serializer (``orjson``); and a branch that writes the decision
+record of every eval and review item to the records' topic, as the router. Quix copies
+the value at a branching point for every branch but the first (pickle): an
+``orjson.Fragment`` does not pickle, so the prediction crosses it as bytes and is embedded
+as a Fragment in its branch.
 
 Quix gives an output the input's timestamp: the bench creates this app's output topics
 with ``message.timestamp.type=LogAppendTime``, so that their stamps time the app.
@@ -27,26 +29,35 @@ from typing import Any
 
 import orjson
 
-from bench.anchor_rules import FATES, decide
+from bench.anchor_rules import FATES, RECORDS, decide
+
+Row = tuple[str, bytes | None, dict[str, Any], dict[str, Any] | None]
 
 
 def topics(name: str, tag: str) -> dict[str, str]:
-    """The output topic of each fate (``review-<queue>`` per queue)."""
-    return {fate: f"bench-{name}-{fate}-{tag}" for fate in FATES}
+    """The output topic of each fate (``review-<queue>`` per queue), and of the decision
+    records (``RECORDS``)."""
+    return {part: f"bench-{name}-{part}-{tag}" for part in (*FATES, RECORDS)}
 
 
-def routed(
-    raw: bytes | None, topic: str, partition: int, offset: int, now: float
-) -> tuple[str, bytes | None, dict[str, Any]]:
+def routed(raw: bytes | None, topic: str, partition: int, offset: int, now: float) -> Row:
     """The app's per-message decision: ``decide``, the prediction as bytes (the value
     crosses the branching point, where Quix pickles it)."""
-    fate, key, out = decide(raw, topic, partition, offset, now)
+    fate, key, out, record = decide(raw, topic, partition, offset, now)
     if "prediction" in out:
         out["prediction"] = raw
-    return fate, key, out
+    return fate, key, out, record
 
 
-def embedded(row: tuple[str, bytes | None, dict[str, Any]]) -> dict[str, Any]:
+def recorded(row: Row) -> bool:
+    return row[3] is not None
+
+
+def record_of(row: Row) -> dict[str, Any] | None:
+    return row[3]
+
+
+def embedded(row: Row) -> dict[str, Any]:
     """A branch's output document: the prediction embedded as received."""
     out = row[2]
     if "prediction" in out:
@@ -67,18 +78,20 @@ def priority_header(value: Any, key: Any, timestamp: int, headers: Any) -> list[
 def build(app: Any, input_topic: str, names: dict[str, str]) -> None:
     from quixstreams import message_context
 
-    def route(raw: bytes) -> tuple[str, bytes | None, dict[str, Any]]:
+    def route(raw: bytes) -> Row:
         ctx = message_context()
         return routed(raw, ctx.topic, ctx.partition, ctx.offset, time.time())
 
     source = app.topic(input_topic, key_deserializer="bytes", value_deserializer="bytes")
     sdf = app.dataframe(source).apply(route)
-    for fate, name in names.items():
-        output = app.topic(name, key_serializer="bytes", value_serializer="json")
+    for fate in FATES:
+        output = app.topic(names[fate], key_serializer="bytes", value_serializer="json")
         branch = sdf.filter(lambda row, fate=fate: row[0] == fate).apply(embedded)
         if fate.startswith("review-"):
             branch = branch.set_headers(priority_header)
         branch.to_topic(output, key=key_of)
+    records = app.topic(names[RECORDS], key_serializer="bytes", value_serializer="json")
+    sdf.filter(recorded).apply(record_of).to_topic(records, key=key_of)
 
 
 def main() -> None:

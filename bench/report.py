@@ -390,7 +390,9 @@ def md_anchors(results: Result, anchors: Result | None) -> list[str]:
         "Quix Streams app (`bench/anchor_rules.py`, per message; see *how measured*). Each "
         "read the same prefilled topic with a fresh group and wrote its own topics; their "
         "fates were checked against `hitl-router replay`'s on every id (column *fates vs "
-        "replay*; dead letters: the same ids).",
+        "replay*; dead letters: the same ids), and so were their decision records (the "
+        "router's record of every eval and review item, for the label loop: ~14% of the "
+        "inputs, on a topic of their own).",
         "",
     ]
     if not own:
@@ -762,14 +764,20 @@ HOW_MEASURED = """## How measured
     BLAKE2b eval draw, the router's scores in plain Python per message, the three queues
     (the first that matches wins), the router's output documents with the prediction
     embedded as received (`orjson.Fragment`), one `orjson.dumps` and one `produce` to the
-    fate's topic, keyed by the id (review items with their `priority` header);
+    fate's topic, keyed by the id (review items with their `priority` header), and for an
+    eval or review item the router's decision record
+    (`hitl_router.router.join.decision_record`: what the label loop joins labels with),
+    dumped and produced to the records' topic.
+    Until the evening of 2026-12-01 the anchors wrote no decision records while the
+    router did (to `hitl.decisions`), ~14% more messages than theirs;
   - *Quix Streams app* (`bench/quix_app.py`, quixstreams 3.28.1 in a venv of its own,
     `bench/quix_venv.py`: it pins confluent-kafka and pydantic below the project's):
     `Application` with its defaults (at-least-once, a checkpoint every 5 s), the input as
     bytes, `.apply` of the same `decide`, then one branch per fate (`.filter` → `.apply` →
-    `.set_headers` for review items → `.to_topic`, keyed by the id), Quix's JSON
-    serializer (orjson). At the branching point Quix pickles the value once and unpickles
-    a copy for every branch but the first: that is part of what it costs. Quix gives an
+    `.set_headers` for review items → `.to_topic`, keyed by the id) and one for the
+    decision records, Quix's JSON serializer (orjson). At the branching point Quix pickles
+    the value once and unpickles a copy for every branch but the first: that is part of
+    what it costs. Quix gives an
     output its input's timestamp, so its output topics stamp records at append
     (`LogAppendTime`) and throughput is taken from those stamps.
 - **Fates**: after each contender that decides (router, confluent-kafka loop, Quix app)
@@ -777,8 +785,10 @@ HOW_MEASURED = """## How measured
   with `hitl-router replay`'s path (`decide_batch` in batches of 1,000) over the prefilled
   messages with the benchmark's config (`bench/agreement.py`): the same fate for every id,
   the same queue for review items, dead letters with the same ids (and as many without
-  one), no id in two fates' topics. Any difference is counted in the table's *fates vs
-  replay* column, logged as an error, and makes the run exit non-zero.
+  one), no id in two fates' topics; and a decision record (read from its own topic, after
+  the contender stopped) for exactly the eval and review ids. Any difference is counted in
+  the table's *fates vs replay* column, logged as an error, and makes the run exit
+  non-zero.
 - **Throughput** = N / (t_last − t_first), where t are the **CreateTime stamps of the
   output records** (set by each contender's producer when it sends), read back after the
   run from every output partition. The run polls the output topics' end offsets until one

@@ -2,7 +2,8 @@
 
 The confluent-kafka loop and the Quix Streams app run ``bench.anchor_rules.decide`` per
 message (the Quix app through ``bench.quix_app.routed``, importable without quixstreams);
-their fates on simulated predictions, malformed ones included, must be ``replay``'s.
+their fates on simulated predictions, malformed ones included, must be ``replay``'s, and
+they write the router's decision record of every eval and review item.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import orjson
 import pytest
 
 from bench import agreement, anchor_rules, confluent_loop, quix_app, report
-from bench.contenders import Setup, _router_config
+from bench.contenders import Setup, _router_config, records_topic
+from hitl_router.router.config import parse_config
+from hitl_router.router.decision import EVAL, REVIEW, Policy, decide_batch
+from hitl_router.router.join import decision_record
 from hitl_router.simulate import Simulator
 
 N = 600
@@ -78,9 +82,9 @@ def test_workload_has_every_fate(replayed: agreement.Fates) -> None:
 def _fates(decide: Any, messages: list[bytes]) -> tuple[agreement.Fates, list[Any]]:
     got, outputs = agreement.Fates(), []
     for offset, raw in enumerate(messages):
-        fate, key, out = decide(raw, "in", 0, offset, 1.0)
+        fate, key, out, record = decide(raw, "in", 0, offset, 1.0)
         got.add(fate, key)
-        outputs.append((fate, key, out))
+        outputs.append((fate, key, out, record))
     return got, outputs
 
 
@@ -92,8 +96,9 @@ def test_confluent_loop_decides_like_replay(
     assert res["ok"], res
     assert res["checked"] == N and res["deadletter_ids_equal"]
     names = confluent_loop.topics("confluent-loop", "t")
-    assert set(names) == set(anchor_rules.FATES)
-    for (fate, key, out), raw in zip(outputs, messages, strict=True):
+    assert set(names) == {*anchor_rules.FATES, anchor_rules.RECORDS}
+    assert len(set(names.values())) == len(names)
+    for (fate, key, out, _), raw in zip(outputs, messages, strict=True):
         doc = orjson.loads(orjson.dumps(out))  # what the loop sends
         if fate == "deadletter":
             assert doc["raw"] == raw.decode("utf-8", errors="replace")
@@ -113,10 +118,62 @@ def test_quix_app_decides_like_replay(messages: list[bytes], replayed: agreement
     for offset, (row, raw) in enumerate(zip(outputs, messages, strict=True)):
         # what Quix does at the branching point (a pickled copy), then in the fate's branch
         key = row[1]
-        out = quix_app.embedded(pickle.loads(pickle.dumps(row)))
+        copy = pickle.loads(pickle.dumps(row))
+        out = quix_app.embedded(copy)
         assert quix_app.key_of(out) == key
-        loop_out = anchor_rules.decide(raw, "in", 0, offset, 1.0)[2]
+        _, _, loop_out, loop_record = anchor_rules.decide(raw, "in", 0, offset, 1.0)
         assert orjson.loads(orjson.dumps(out)) == orjson.loads(orjson.dumps(loop_out))
+        # the records' branch: the same record, keyed by the id
+        assert quix_app.recorded(copy) == (loop_record is not None)
+        if loop_record is not None:
+            assert quix_app.record_of(copy) == loop_record
+            assert quix_app.key_of(loop_record) == key
+    assert set(quix_app.topics("quix", "t")) == {*anchor_rules.FATES, anchor_rules.RECORDS}
+
+
+def test_anchors_write_the_routers_decision_records(
+    messages: list[bytes], config: dict[str, Any]
+) -> None:
+    """Every eval and review item gets the decision record the router writes for it (its
+    scores to float precision: plain Python against numpy); every other input none."""
+    batch = decide_batch(messages, Policy(parse_config(dict(config))))
+    _, outputs = _fates(anchor_rules.decide, messages)
+    recorded = 0
+    for i, (fate, key, _, record) in enumerate(outputs):
+        if fate not in ("eval",) and not fate.startswith("review-"):
+            assert record is None, fate
+            continue
+        recorded += 1
+        want = orjson.loads(orjson.dumps(decision_record(batch, i, 1.0)))
+        got = orjson.loads(orjson.dumps(record))
+        assert got.pop("scores") == pytest.approx(want.pop("scores"), rel=1e-9, abs=1e-12)
+        assert got == want
+        assert key == record["id"].encode()
+    assert recorded == len(batch.rows(EVAL)) + len(batch.rows(REVIEW))
+    assert recorded >= 30
+    assert records_topic(config) == config["topics"]["decisions"] != "hitl.decisions"
+
+
+def test_missing_or_extra_decision_records_are_caught(
+    messages: list[bytes], replayed: agreement.Fates
+) -> None:
+    want = agreement.recorded_ids(replayed)
+    assert want and all(
+        replayed.by_key[k] == "eval" or replayed.by_key[k].startswith("review-") for k in want
+    )
+    fine = agreement.compare_records(replayed, want, len(want) + 2, 0)
+    assert fine["ok"] and fine["duplicates"] == 2 and fine["expected"] == len(want)
+    accepted = next(k for k, label in replayed.by_key.items() if label == "accepted")
+    wrong = {*list(want)[1:], accepted}
+    res = agreement.compare_records(replayed, wrong, len(wrong), 0)
+    assert not res["ok"] and res["missing"] == 1 and res["extra"] == 1
+    unkeyed = agreement.compare_records(replayed, want, len(want) + 1, 1)
+    assert not unkeyed["ok"] and unkeyed["extra"] == 1
+    got, _ = _fates(anchor_rules.decide, messages)
+    check = agreement.compare(replayed, got, res)
+    assert not check["ok"]
+    assert "decision records: 1 missing, 1 extra" in agreement.summary(check)
+    assert agreement.compare(replayed, got, fine)["ok"]
 
 
 def test_a_different_fate_is_caught(messages: list[bytes], replayed: agreement.Fates) -> None:
