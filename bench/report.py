@@ -473,10 +473,19 @@ def _md_curve(results: Result) -> list[str]:
 
 #: what the anchors runs showed (written by hand, dated)
 ANCHOR_NOTES = [
-    "Measured on 2026-12-01 (the run above, commit `e624859`, 16:20, three rounds, and the "
+    "Measured on 2026-12-01 (the run above, commit `947f2c8`, 18:02, three rounds, and the "
     "runs of the same day named below); every id of the 200,000 got replay's fate from the "
-    "router, the confluent-kafka loop and the Quix app in every round:",
+    "router, the confluent-kafka loop and the Quix app in every round, and each wrote a "
+    "decision record for exactly replay's 28,627 eval and review items:",
     "",
+    "- *The anchors now write the decision records too.* The router writes one for every "
+    "eval and review item (`topics.decisions`: what the label loop joins labels with, "
+    "~14% of the inputs here); until this run the loop and the Quix app wrote none, and "
+    "the router's went to the shared `hitl.decisions`, unchecked. Each contender now "
+    "writes them to a topic of its own, settled like its outputs, read back after it "
+    "stopped and checked. The loop did not get measurably slower: 16,273, 18,290 and "
+    "19,564 msgs/s at 57–63 µs of CPU per message (16,835, 18,769 and 17,355 at 58–64 in "
+    "the 16:20 run, without them).",
     '- *Three fixes of the benchmark, for every contender* (ANALYSIS.md "Latency '
     "tails\"): output topics are settled before a contender starts (a fresh partition's "
     "first index entries stalled the broker's produce path for up to 1.5 s); the page "
@@ -485,23 +494,27 @@ ANCHOR_NOTES = [
     "the clock (the pacer stalled 135–290 ms at the start of traffic in most runs, see its "
     "columns in the curve).",
     "- *The router reads and writes with librdkafka* (`worker.consumer` and "
-    '`worker.producer`, README "The agents"): 25,148, 28,794 and 23,132 msgs/s at 40, 38 '
-    "and 43 µs of CPU per message (32, 30 and 35 on its main thread); on aiokafka 24,041, "
-    "22,014 and 21,596 at 39–42. The anchors: the loop 16,835, 18,769 and 17,355 at 62, "
-    "58 and 64 µs (48–52 on its main thread), the Quix app 11,266, 11,352 and 12,584 at "
-    "86–96, the pass-through 107,239, 209,864 and 196,078 at 4–7 (the issue's: ~22,100 at "
-    "46, ~9,100 at 116, 126,000–174,000 at 5).",
-    "- *Against the loop and Quix, three rounds a run.* Router / loop 1.49, 1.53 and 1.33 "
-    "(median 1.45, target 1.5), router / Quix 2.23, 2.54 and 1.84 (median 2.22, target "
-    "2.5). The earlier full runs of the day, two rounds each: 1.45 and 1.43, 2.67 and 2.53 "
-    "(12:08, commit `a58d852`); 1.06 and 1.08, 1.99 and 2.13 (14:00, commit `63f8293`, the "
-    "loop at 50–53 µs per message, the router at 43–45). Between runs the same code's CPU "
-    "per message moves by up to 15% either way (the kafka-python peer, unchanged: 478, 558 "
-    "and 614 µs in the three runs), so a ratio near its target is settled by no single "
-    "round: the benchmark now runs three and reports medians. By CPU per message the "
-    "router does the loop's work for 0.62–0.85 of its cost.",
-    "- *0.3 × the pass-through is out of reach for this work per message* (0.23, 0.14 "
-    "and 0.12 here; 0.18 and 0.18 at 14:00, 0.27 and 0.22 at 12:08). The pass-through costs "
+    '`worker.producer`, README "The agents"): 20,574, 24,885 and 24,749 msgs/s at 45, 42 '
+    "and 43 µs of CPU per message (36, 33 and 34 on its main thread); on aiokafka 21,772, "
+    "22,292 and 19,168 at 42–45. The anchors: the loop as above (45–49 µs on its main "
+    "thread), the Quix app 7,900, 10,039 and 8,793 at 108–132, the pass-through 180,343, "
+    "187,617 and 127,796 at 5–6 (the issue's: ~22,100 at 46, ~9,100 at 116, "
+    "126,000–174,000 at 5).",
+    "- *Against the loop and Quix, three rounds a run.* Router / loop 1.26, 1.36 and 1.27 "
+    "by round (1.35 on the medians, target 1.5), router / Quix 2.60, 2.48 and 2.81 (2.81, "
+    "target 2.5: met). The 16:20 run, the same router code, gave 1.49, 1.53 and 1.33 "
+    "(1.45) and 2.23, 2.54 and 1.84 (2.22); the two-round runs earlier that day 1.45 and "
+    "1.43, 2.67 and 2.53 (12:08, commit `a58d852`); 1.06 and 1.08, 1.99 and 2.13 (14:00, "
+    "commit `63f8293`). Between runs the same code's CPU per message moves by up to 15% "
+    "either way (the kafka-python peer, unchanged: 478, 558, 614 and 580 µs in four "
+    "runs), so a ratio near its target is settled by no single round. By CPU per message "
+    "the router does the loop's work for 0.7–0.75 of its cost here. What the loop "
+    "spends and the router does not is the rules in plain Python per message; what both "
+    "spend is the JSON of every prediction and output and the client calls, where the "
+    'router\'s vectorised decision cannot help (ANALYSIS.md "By C function").',
+    "- *0.3 × the pass-through is out of reach for this work per message* (0.11, 0.13 "
+    "and 0.19 by round here; 0.23, 0.14 and 0.12 at 16:20; 0.18 and 0.18 at 14:00, 0.27 "
+    "and 0.22 at 12:08). The pass-through costs "
     "4–7 µs per message; the "
     "router's own Python per message, offline on one batch of 1,000 (parse 6.4–7.3 µs, "
     "decide 1.8, outputs 3.2–4.6 with the worker's malloc settings; ANALYSIS.md "
@@ -512,10 +525,11 @@ ANCHOR_NOTES = [
     'nor the ensembles once checked as the typed path must (ANALYSIS.md "By C '
     "function\", with where the worker's CPU goes by C function). 0.3 × 125,000–210,000 "
     "msgs/s would be 16–27 µs per message for everything.",
-    "- *Latency at 2,000 msgs/s* (one 10 s run per contender and rate): router p99 46.8 "
-    "ms against the pass-through's 25.8 here (1.82×), p50 23.5 against 15.2. The same "
-    "curve run alone at 16:39 (`--curve-rates 2000`): 34.4 against 28.6 (1.20×), p50 20.5 "
-    "against 16.0; at 12:08 and 14:00: 34.4 against 25.0 and 25.5 (1.35–1.38×). Before the "
+    "- *Latency at 2,000 msgs/s* (one 10 s run per contender and rate): router p99 41.0 "
+    "ms against the pass-through's 27.8 here (1.47×: met), p50 20.9 against 16.0. At 16:20: "
+    "46.8 against 25.8 (1.82×); that curve run alone at 16:39 (`--curve-rates 2000`): 34.4 "
+    "against 28.6 (1.20×); at 12:08 and 14:00: 34.4 against 25.0 and 25.5 (1.35–1.38×): "
+    "one run per point says little about a 1.5× bound on p99. Before the "
     "lead-in, 10 of 16 runs at ~2,000 met the p99 target; each miss came from outputs of "
     "the first 0.1 s, which the pacer's stall at the start of traffic had held (now in the "
     "lead-in columns: up to 400 ms, for every contender).",
@@ -524,7 +538,7 @@ ANCHOR_NOTES = [
     "They (and the router's reader) now take what librdkafka has fetched at once and wait "
     "for the first message only.",
     "- *Small produce requests.* librdkafka sends one produce request per partition: over "
-    "the loop's 36 output partitions (6 topics × 6) at `linger.ms` 5 (the worker's) its "
+    "the loop's 42 output partitions (7 topics × 6) at `linger.ms` 5 (the worker's) its "
     "requests hold a few messages each; the broker spends more CPU per message on the "
     "loop than on the router, which produces a batch at a time.",
     "- *numpy per message* (the checks and the seven scores of 10 classes and 5 members) "
@@ -668,6 +682,13 @@ LOAD_CONTROL_NOTES = [
     "0.73): what keeps this config under 0.8 is the router's per-message cost against the "
     "pass-through (decoding ~30% of its samples, outputs ~15%, publishing ~15%), the "
     "subject of issue #15.",
+    "",
+    "Measured again on 2026-12-01, with the router on librdkafka (issue #15), two 3-round "
+    "runs: 0.80 (17:36, commit `8ca6c3d`: 21,643 against 27,155 msgs/s; rounds 0.95, 0.84, "
+    "0.79; 0.87 with dedup off) and the run above, 0.81 (18:17, commit `947f2c8`; rounds "
+    "0.84, 0.76, 0.76; 0.87 with dedup off). The target sits within the noise of the "
+    "rounds: dedup costs ~7% here (0.81 against 0.87 without it), load control and dedup "
+    "together ~13% (the plain router measured 0.93 against its ceiling at 18:02).",
     "",
 ]
 
