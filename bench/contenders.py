@@ -281,6 +281,10 @@ async def run_processes(
         running = start()
         fed = await feed(running) if feed is not None else {}
         result = await measure(setup, running, reader)
+    except BaseException:
+        if recorded is not None:
+            await recorded.stop()
+        raise
     finally:
         stop_s = procs.stop_all(running)
         await reader.stop()
