@@ -57,6 +57,12 @@ class _QuietWorker(faust.Worker):
         if self.log_context is not None:  # mode replaced the root's handlers: JSON again
             json_logs.install(self.log_context)
 
+    def _on_shutdown_immediately(self) -> None:
+        """A stop signalled before Faust's startup finished: Faust prints an empty line
+        here, to end its spinner. This worker has none, and with ``--log-format json``
+        that line was the one among the JSON ones that is not JSON."""
+        log.info("stopping: the stop came before the worker's startup finished")
+
     def _schedule_shutdown(self, signal: Any) -> None:
         self._arm_watchdog(f"signal {getattr(signal, 'name', signal)}")
         super()._schedule_shutdown(signal)

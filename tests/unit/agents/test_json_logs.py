@@ -163,3 +163,20 @@ def test_a_config_error_is_a_json_line_like_the_others(tmp_path):
     assert error["message"].startswith("hitl-router worker: metrics.host: expected an IP")
     assert error["worker"] == f"{socket.gethostname()}:{proc.pid}"
     assert error["group"] is None and error["assignment"] == {}  # not known yet
+
+
+def test_a_stop_before_startup_finished_prints_no_empty_line(capsys, caplog):
+    """Faust's worker prints an empty line when a stop signal came before its startup
+    finished (to end its spinner); with ``--log-format json`` that broke the one-JSON-
+    object-per-line output (seen in the suite, worker.log of
+    test_json_logs_carry_worker_group_and_assignment). The worker logs instead."""
+    from hitl_router.agents.worker import _QuietWorker
+
+    worker = _QuietWorker.__new__(_QuietWorker)  # the method uses nothing of the worker
+    worker.quiet, worker.stdout = False, sys.stdout
+    with caplog.at_level(logging.INFO, logger="hitl_router.agents.worker"):
+        worker._on_shutdown_immediately()
+    assert capsys.readouterr() == ("", "")
+    assert "before the worker's startup finished" in caplog.text
+    faust.Worker._on_shutdown_immediately(worker)  # what it replaces
+    assert capsys.readouterr().out == "\n"
